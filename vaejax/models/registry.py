@@ -1,0 +1,220 @@
+"""Models by name: ``create_model(config, image_shape, num_classes)`` builds a Linen module.
+
+A model config is a Mapping or ``ml_collections.ConfigDict`` with ``name`` and any of the
+keys of :data:`COMMON_DEFAULTS` (plus keys a registered model declares). Every key any
+registered model knows is accepted for every model, so one experiment config can switch
+``name`` from the command line; keys a model does not use are validated and ignored.
+Unknown names, unknown keys and bad values raise one ValueError each, before anything is
+compiled.
+
+A new model registers a builder ``(config: dict, image_shape, num_classes) -> nn.Module``,
+declaring the defaults of any extra keys it reads::
+
+    @register("my_vae", num_levels=3)
+    def _build(config, image_shape, num_classes): ...
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from vaejax.models import fast_conv, networks, vae
+
+Builder = Callable[[dict, tuple[int, int, int], "int | None"], nn.Module]
+
+COMMON_DEFAULTS: dict[str, Any] = {
+    "latent_dim": 10,
+    "hidden_sizes": (512, 256),
+    "likelihood": "bernoulli",
+    "likelihood_variance": 1.0,
+    "min_variance": None,
+    "conv_impl": "fast",
+    "dtype": "float32",
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class ModelEntry(NamedTuple):
+  builder: Builder
+  defaults: dict[str, Any]
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register(name: str, **defaults: Any) -> Callable[[Builder], Builder]:
+  """Decorator registering ``builder`` under ``name``, with defaults for its extra keys."""
+  def decorator(builder: Builder) -> Builder:
+    if name in MODELS:
+      raise ValueError(f"A model named {name!r} is already registered.")
+    MODELS[name] = ModelEntry(builder, dict(defaults))
+    return builder
+  return decorator
+
+
+def _known_keys() -> set[str]:
+  keys = set(COMMON_DEFAULTS) | {"name"}
+  for entry in MODELS.values():
+    keys |= set(entry.defaults)
+  return keys
+
+
+def _as_dict(model_config: Any) -> dict[str, Any]:
+  if hasattr(model_config, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
+    return dict(model_config.to_dict())
+  if isinstance(model_config, Mapping):
+    return dict(model_config)
+  raise ValueError(
+      f"model_config must be a Mapping or ConfigDict, got {type(model_config).__name__}."
+  )
+
+
+def _int_tuple(values: Any, name: str) -> tuple[int, ...]:
+  """A sequence (or 1-D array) of positive integers as a tuple of Python ints."""
+  if isinstance(values, np.ndarray) and values.ndim == 1:
+    values = values.tolist()
+  if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or any(
+      isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in values
+  ):
+    raise ValueError(f"{name} must be a sequence of positive ints, got {values!r}.")
+  return tuple(int(v) for v in values)
+
+
+def validate_config(config: dict[str, Any]) -> None:
+  """Checks the values of the common keys; raises one ValueError naming the bad one."""
+  latent_dim = config["latent_dim"]
+  if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+    raise ValueError(f"latent_dim must be an int >= 1, got {latent_dim!r}.")
+  _int_tuple(config["hidden_sizes"], "hidden_sizes")
+  vae.check_likelihood(config["likelihood"])
+  vae.check_variance(config["likelihood_variance"], "likelihood_variance")
+  vae.check_variance(config["min_variance"], "min_variance", allow_none=True)
+  fast_conv.check_conv_impl(config["conv_impl"])
+  if config["dtype"] not in DTYPES:
+    raise ValueError(f"Unknown dtype {config['dtype']!r}; expected one of {tuple(DTYPES)}.")
+
+
+def create_model(
+    model_config: Mapping[str, Any] | Any,
+    image_shape: Sequence[int],
+    num_classes: int | None = None,
+) -> nn.Module:
+  """Builds the registered model ``model_config["name"]`` for images of ``image_shape``.
+
+  Args:
+    model_config: Mapping or ConfigDict with ``name`` and optional keys (defaults in
+      :data:`COMMON_DEFAULTS`): ``latent_dim``, ``hidden_sizes`` (MLP encoder; the decoder
+      mirrors it), ``likelihood``, ``likelihood_variance``, ``min_variance``,
+      ``conv_impl`` ("fast" | "fast_lax" | "textbook", see :mod:`vaejax.models.fast_conv`),
+      ``dtype`` ("float32" | "bfloat16").
+    image_shape: (H, W, C) of the data.
+    num_classes: number of label classes; required by conditional models, ignored by
+      the others.
+
+  Returns:
+    An unbound Linen module; ``module.init({"params": k1, "sample": k2}, x, labels)``.
+
+  Raises:
+    ValueError: unknown name or key, or a bad value, naming it and what is allowed.
+  """
+  config = _as_dict(model_config)
+  name = config.pop("name", None)
+  if name not in MODELS:
+    raise ValueError(f"Unknown model name {name!r}; registered models: {sorted(MODELS)}.")
+  unknown = sorted(set(config) - _known_keys())
+  if unknown:
+    raise ValueError(
+        f"Unknown model config key(s) {unknown} for model {name!r}; allowed keys: "
+        f"{sorted(_known_keys())}."
+    )
+  entry = MODELS[name]
+  resolved = {**COMMON_DEFAULTS, **entry.defaults, **config}
+  validate_config(resolved)
+  resolved["hidden_sizes"] = _int_tuple(resolved["hidden_sizes"], "hidden_sizes")
+  shape = _int_tuple(image_shape, "image_shape")
+  if len(shape) != 3:
+    raise ValueError(f"image_shape must be (height, width, channels), got {image_shape!r}.")
+  if num_classes is not None and (
+      isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+  ):
+    raise ValueError(f"num_classes must be an int >= 1 or None, got {num_classes!r}.")
+  return entry.builder(resolved, shape, num_classes)
+
+
+# ----------------------------------------------------------------------------- built-in models
+
+
+def _vae(config: dict, image_shape: tuple[int, int, int], encoder: nn.Module,
+         decoder: nn.Module, num_classes: int = 0) -> vae.VAE:
+  return vae.VAE(
+      encoder=encoder, decoder=decoder, image_shape=image_shape,
+      likelihood=config["likelihood"],
+      likelihood_variance=float(config["likelihood_variance"]),
+      min_variance=None if config["min_variance"] is None else float(config["min_variance"]),
+      num_classes=num_classes,
+  )
+
+
+def _mlp(config, image_shape, num_classes=0) -> vae.VAE:
+  dtype = DTYPES[config["dtype"]]
+  channels = vae.decoder_channels(config["likelihood"], image_shape[-1])
+  encoder = networks.MLPEncoder(config["latent_dim"], config["hidden_sizes"], dtype=dtype)
+  decoder = networks.MLPDecoder(
+      image_shape[:2] + (channels,), tuple(reversed(config["hidden_sizes"])), dtype=dtype
+  )
+  return _vae(config, image_shape, encoder, decoder, num_classes)
+
+
+def _conv(config, image_shape, num_classes=0) -> vae.VAE:
+  height, width, _ = image_shape
+  if height % 16 or width % 16:
+    raise ValueError(
+        f"Conv models need image height and width that are multiples of 16 (e.g. 64×64 "
+        f"dSprites); got {height}×{width}. Use an MLP model (e.g. 'mlp_vae') for 28×28 MNIST."
+    )
+  dtype = DTYPES[config["dtype"]]
+  channels = vae.decoder_channels(config["likelihood"], image_shape[-1])
+  encoder = networks.ConvEncoder(
+      config["latent_dim"], conv_impl=config["conv_impl"], dtype=dtype
+  )
+  decoder = networks.ConvDecoder(
+      image_shape[:2] + (channels,), conv_impl=config["conv_impl"], dtype=dtype
+  )
+  return _vae(config, image_shape, encoder, decoder, num_classes)
+
+
+def _need_classes(name: str, num_classes: int | None) -> int:
+  if num_classes is None:
+    raise ValueError(
+        f"{name!r} is a conditional model: pass num_classes (the number of label classes)."
+    )
+  return num_classes
+
+
+@register("mlp_vae")
+def _build_mlp_vae(config, image_shape, num_classes):
+  del num_classes  # unconditional
+  return _mlp(config, image_shape)
+
+
+@register("conv_vae")
+def _build_conv_vae(config, image_shape, num_classes):
+  del num_classes
+  return _conv(config, image_shape)
+
+
+@register("mlp_cvae")
+def _build_mlp_cvae(config, image_shape, num_classes):
+  return _mlp(config, image_shape, _need_classes("mlp_cvae", num_classes))
+
+
+@register("conv_cvae")
+def _build_conv_cvae(config, image_shape, num_classes):
+  return _conv(config, image_shape, _need_classes("conv_cvae", num_classes))

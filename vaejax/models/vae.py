@@ -1,0 +1,169 @@
+r"""The VAE and the conditional VAE as one Flax Linen module.
+
+.. math::
+   (μ, \log σ^2) = \mathrm{enc}(x[, y]),\qquad z = μ + σ ⊙ ε,\ ε \sim N(0, I),\qquad
+   θ = \mathrm{dec}(z[, y]) \ \text{the parameters of } p(x|z[, y]).
+
+The module returns distribution parameters (:class:`vaejax.types.VAEOutput`), never a
+loss: β-VAE, free bits, warm-up etc. are settings of :func:`vaejax.objectives.elbo_loss`.
+With ``num_classes > 0`` it is a conditional VAE (Sohn et al. 2015): the one-hot label y
+is concatenated to the encoder's flattened input and to z.
+
+Likelihoods (the decoder's raw output ``o``):
+
+* ``"bernoulli"``: ``{"logits": o}``;
+* ``"gaussian"``: ``{"mean": o, "log_var": log likelihood_variance}`` (fixed variance);
+* ``"gaussian_learned"``: the decoder emits 2C channels, ``o = [mean ‖ log_var]``,
+  with the variance floored at ``min_variance`` when given.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vaejax import distributions
+from vaejax.models import networks
+from vaejax.types import VAEOutput
+
+Array = jax.Array
+
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
+
+
+def decoder_channels(likelihood: str, image_channels: int) -> int:
+  """Channels the decoder must emit for ``likelihood`` (2C when it learns variances)."""
+  check_likelihood(likelihood)
+  return 2 * image_channels if likelihood == "gaussian_learned" else image_channels
+
+
+def check_likelihood(likelihood: str) -> None:
+  if likelihood not in LIKELIHOODS:
+    raise ValueError(f"Unknown likelihood {likelihood!r}; expected one of {LIKELIHOODS}.")
+
+
+def check_variance(value: Any, name: str, allow_none: bool = False) -> None:
+  if value is None and allow_none:
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+      math.isfinite(value) and value > 0
+  ):
+    raise ValueError(
+        f"{name} must be a finite number > 0{' or None' if allow_none else ''}, got {value!r}."
+    )
+
+
+class VAE(nn.Module):
+  """Encoder → reparameterised z → decoder, optionally conditioned on a class label.
+
+  Attributes:
+    encoder: a network ``(x, context) -> (mean, log_var)`` with a ``latent_dim``
+      attribute (see :mod:`vaejax.models.networks`).
+    decoder: a network ``(z, context) -> (B, H, W, C')`` raw outputs, with
+      C' = :func:`decoder_channels` ``(likelihood, C)``.
+    image_shape: (H, W, C) of the data.
+    likelihood: one of :data:`LIKELIHOODS`.
+    likelihood_variance: σ² of the fixed-variance "gaussian" likelihood.
+    min_variance: optional floor on the learned variance of "gaussian_learned" (the
+      fixed variance of "gaussian" is used as given).
+    num_classes: > 0 makes it a conditional VAE on labels in [0, num_classes); 0 = an
+      unconditional VAE, which ignores any labels it is given.
+
+  The forward pass draws ε from the ``"sample"`` RNG stream:
+  ``model.apply({"params": p}, x, labels, rngs={"sample": key})``.
+  """
+
+  encoder: nn.Module
+  decoder: nn.Module
+  image_shape: tuple[int, int, int]
+  likelihood: str = "bernoulli"
+  likelihood_variance: float = 1.0
+  min_variance: float | None = None
+  num_classes: int = 0
+
+  def __post_init__(self):
+    networks.check_output_shape(self.image_shape, "image_shape")
+    check_likelihood(self.likelihood)
+    check_variance(self.likelihood_variance, "likelihood_variance")
+    check_variance(self.min_variance, "min_variance", allow_none=True)
+    if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or (
+        self.num_classes < 0
+    ):
+      raise ValueError(f"num_classes must be an int >= 0, got {self.num_classes!r}.")
+    if not hasattr(self.encoder, "latent_dim"):
+      raise ValueError(f"The encoder {type(self.encoder).__name__} has no latent_dim attribute.")
+    super().__post_init__()
+
+  @property
+  def latent_dim(self) -> int:
+    """Dimension d of z."""
+    return self.encoder.latent_dim
+
+  @property
+  def conditional(self) -> bool:
+    """Whether the model needs labels (``num_classes > 0``)."""
+    return self.num_classes > 0
+
+  def _context(self, labels: Any, batch: int) -> Array | None:
+    """One-hot labels for a conditional VAE; None (labels ignored) otherwise."""
+    if not self.conditional:
+      return None
+    if labels is None:
+      raise ValueError(
+          f"This conditional VAE needs labels: int class ids in [0, {self.num_classes}) "
+          "of shape (batch,); got None."
+      )
+    labels = jnp.asarray(labels)
+    if labels.shape != (batch,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+      raise ValueError(
+          f"labels must be integers of shape ({batch},), got {labels.dtype} {labels.shape}."
+      )
+    if not isinstance(labels, jax.core.Tracer):  # values are only checkable outside jit
+      values = np.asarray(labels)
+      bad = (values < 0) | (values >= self.num_classes)
+      if bad.any():
+        raise ValueError(
+            f"labels must lie in [0, {self.num_classes}); got {values[bad][:5].tolist()}."
+        )
+    return jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
+
+  def encode(self, x: Array, labels: Array | None = None) -> tuple[Array, Array]:
+    """Parameters ``(mean, log_var)``, each (B, latent_dim) float32, of q(z | x[, y])."""
+    x = jnp.asarray(x)
+    if x.ndim != 4 or x.shape[1:] != tuple(self.image_shape):
+      raise ValueError(
+          f"Images must have shape (batch, {', '.join(map(str, self.image_shape))}); "
+          f"got {x.shape}."
+      )
+    return self.encoder(x, self._context(labels, x.shape[0]))
+
+  def decode(self, z: Array, labels: Array | None = None) -> dict[str, Array]:
+    """Likelihood parameters of p(x | z[, y]), float32, each (B, H, W, C)."""
+    z = jnp.asarray(z)
+    if z.ndim != 2 or z.shape[1] != self.latent_dim:
+      raise ValueError(f"z must have shape (batch, {self.latent_dim}); got {z.shape}.")
+    out = self.decoder(z, self._context(labels, z.shape[0])).astype(jnp.float32)
+    channels = decoder_channels(self.likelihood, self.image_shape[-1])
+    expected = (z.shape[0],) + tuple(self.image_shape[:2]) + (channels,)
+    if out.shape != expected:
+      raise ValueError(
+          f"The decoder returned shape {out.shape}; a {self.likelihood!r} likelihood on "
+          f"images {tuple(self.image_shape)} needs {expected}."
+      )
+    if self.likelihood == "bernoulli":
+      return {"logits": out}
+    if self.likelihood == "gaussian":
+      return distributions.gaussian_likelihood_params(out, math.log(self.likelihood_variance))
+    mean, log_var = jnp.split(out, 2, axis=-1)
+    return distributions.gaussian_likelihood_params(mean, log_var, self.min_variance)
+
+  def __call__(self, x: Array, labels: Array | None = None) -> VAEOutput:
+    """Encodes, draws z = μ + σ·ε with the "sample" RNG, decodes."""
+    mean, log_var = self.encode(x, labels)
+    z = distributions.sample_diag_gaussian(self.make_rng("sample"), mean, log_var)
+    return VAEOutput(mean=mean, log_var=log_var, z=z, likelihood=self.decode(z, labels))
