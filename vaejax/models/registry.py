@@ -76,7 +76,7 @@ def _as_dict(model_config: Any) -> dict[str, Any]:
   )
 
 
-def _int_tuple(values: Any, name: str) -> tuple[int, ...]:
+def int_tuple(values: Any, name: str) -> tuple[int, ...]:
   """A sequence (or 1-D array) of positive integers as a tuple of Python ints."""
   if isinstance(values, np.ndarray) and values.ndim == 1:
     values = values.tolist()
@@ -92,7 +92,7 @@ def validate_config(config: dict[str, Any]) -> None:
   latent_dim = config["latent_dim"]
   if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
     raise ValueError(f"latent_dim must be an int >= 1, got {latent_dim!r}.")
-  _int_tuple(config["hidden_sizes"], "hidden_sizes")
+  int_tuple(config["hidden_sizes"], "hidden_sizes")
   vae.check_likelihood(config["likelihood"])
   vae.check_variance(config["likelihood_variance"], "likelihood_variance")
   vae.check_variance(config["min_variance"], "min_variance", allow_none=True)
@@ -137,8 +137,8 @@ def create_model(
   entry = MODELS[name]
   resolved = {**COMMON_DEFAULTS, **entry.defaults, **config}
   validate_config(resolved)
-  resolved["hidden_sizes"] = _int_tuple(resolved["hidden_sizes"], "hidden_sizes")
-  shape = _int_tuple(image_shape, "image_shape")
+  resolved["hidden_sizes"] = int_tuple(resolved["hidden_sizes"], "hidden_sizes")
+  shape = int_tuple(image_shape, "image_shape")
   if len(shape) != 3:
     raise ValueError(f"image_shape must be (height, width, channels), got {image_shape!r}.")
   if num_classes is not None and (

@@ -42,6 +42,19 @@ def decoder_channels(likelihood: str, image_channels: int) -> int:
   return 2 * image_channels if likelihood == "gaussian_learned" else image_channels
 
 
+def likelihood_from_raw(
+    out: Array, likelihood: str, likelihood_variance: float = 1.0,
+    min_variance: float | None = None,
+) -> dict[str, Array]:
+  """Turns a decoder's raw float32 output into the parameters of p(x|z) (module docstring)."""
+  if likelihood == "bernoulli":
+    return {"logits": out}
+  if likelihood == "gaussian":
+    return distributions.gaussian_likelihood_params(out, math.log(likelihood_variance))
+  mean, log_var = jnp.split(out, 2, axis=-1)
+  return distributions.gaussian_likelihood_params(mean, log_var, min_variance)
+
+
 def check_likelihood(likelihood: str) -> None:
   if likelihood not in LIKELIHOODS:
     raise ValueError(f"Unknown likelihood {likelihood!r}; expected one of {LIKELIHOODS}.")
@@ -155,12 +168,7 @@ class VAE(nn.Module):
           f"The decoder returned shape {out.shape}; a {self.likelihood!r} likelihood on "
           f"images {tuple(self.image_shape)} needs {expected}."
       )
-    if self.likelihood == "bernoulli":
-      return {"logits": out}
-    if self.likelihood == "gaussian":
-      return distributions.gaussian_likelihood_params(out, math.log(self.likelihood_variance))
-    mean, log_var = jnp.split(out, 2, axis=-1)
-    return distributions.gaussian_likelihood_params(mean, log_var, self.min_variance)
+    return likelihood_from_raw(out, self.likelihood, self.likelihood_variance, self.min_variance)
 
   def __call__(self, x: Array, labels: Array | None = None) -> VAEOutput:
     """Encodes, draws z = μ + σ·ε with the "sample" RNG, decodes."""
