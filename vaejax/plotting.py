@@ -1,0 +1,305 @@
+"""Figures of a trained VAE: reconstructions, prior samples, latent traversals,
+interpolations and the KL per latent dimension.
+
+The ``plot_*`` functions are pure: they take arrays (images NHWC in [0, 1]) and return a
+matplotlib ``Figure``. :func:`figure_arrays` runs a model to produce those arrays and
+:func:`write_figures` saves the PNGs; nothing here trains or reads a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+from vaejax import distributions
+
+Figure = matplotlib.figure.Figure
+
+_PAD_VALUE = 0.5  # grey separators stay visible on black and on white images
+_CELL_INCHES = 0.9
+
+
+def _check_images(images: Any, ndim: int, name: str) -> np.ndarray:
+  images = np.asarray(images, np.float32)
+  if images.ndim != ndim or images.shape[-1] not in (1, 3):
+    raise ValueError(
+        f"{name} must be a {ndim}-d array ending in (H, W, C) with C in {{1, 3}}; "
+        f"got shape {images.shape}."
+    )
+  return np.clip(images, 0.0, 1.0)
+
+
+def tile_images(grid: Any, pad: int = 1, pad_value: float = _PAD_VALUE) -> np.ndarray:
+  """Tiles a (rows, cols, H, W, C) array into one (rows·(H+pad)−pad, cols·(W+pad)−pad, C) image."""
+  grid = np.asarray(grid, np.float32)
+  rows, cols, h, w, c = grid.shape
+  out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, c), pad_value, np.float32)
+  for r in range(rows):
+    for k in range(cols):
+      out[r * (h + pad): r * (h + pad) + h, k * (w + pad): k * (w + pad) + w] = grid[r, k]
+  return out
+
+
+def _show_grid(grid: np.ndarray, title: str, row_labels: Sequence[str] | None = None,
+               col_labels: Sequence[str] | None = None) -> Figure:
+  rows, cols, h, w, _ = grid.shape
+  tiled = tile_images(grid)
+  label_space = 1.4 if row_labels else 0.2
+  fig = plt.figure(figsize=(cols * _CELL_INCHES + label_space, rows * _CELL_INCHES + 0.8))
+  ax = fig.add_subplot(1, 1, 1)
+  if tiled.shape[-1] == 1:
+    ax.imshow(tiled[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+  else:
+    ax.imshow(tiled, interpolation="nearest")
+  ax.set_title(title, fontsize=11)
+  ax.set_yticks([r * (h + 1) + h / 2 for r in range(rows)] if row_labels else [])
+  if row_labels:
+    ax.set_yticklabels(row_labels, fontsize=9)
+  ax.set_xticks([k * (w + 1) + w / 2 for k in range(cols)] if col_labels else [])
+  if col_labels:
+    ax.set_xticklabels(col_labels, fontsize=8)
+  ax.tick_params(length=0)
+  for spine in ax.spines.values():
+    spine.set_visible(False)
+  fig.tight_layout()
+  return fig
+
+
+def plot_reconstructions(inputs: Any, reconstructions: Any, ncols: int = 8) -> Figure:
+  """Inputs and their reconstructions in alternating rows (input row above its reconstruction).
+
+  Args:
+    inputs, reconstructions: (N, H, W, C) in [0, 1], same shape.
+    ncols: images per row.
+  """
+  inputs = _check_images(inputs, 4, "inputs")
+  reconstructions = _check_images(reconstructions, 4, "reconstructions")
+  if inputs.shape != reconstructions.shape:
+    raise ValueError(
+        f"inputs {inputs.shape} and reconstructions {reconstructions.shape} must match."
+    )
+  n = inputs.shape[0]
+  ncols = min(ncols, n)
+  nrows = -(-n // ncols)
+  blank = np.full(inputs.shape[1:], _PAD_VALUE, np.float32)
+  rows, labels = [], []
+  for r in range(nrows):
+    chunk = slice(r * ncols, (r + 1) * ncols)
+    for source, label in ((inputs, "input"), (reconstructions, "reconstruction")):
+      row = list(source[chunk]) + [blank] * (ncols - len(source[chunk]))
+      rows.append(np.stack(row))
+      labels.append(label)
+  return _show_grid(np.stack(rows), "Reconstructions (decoded posterior means)", labels)
+
+
+def plot_samples(samples: Any, ncols: int = 8, title: str = "Samples from the prior") -> Figure:
+  """A grid of images, e.g. decoder means of z ~ N(0, I)."""
+  samples = _check_images(samples, 4, "samples")
+  n = samples.shape[0]
+  ncols = min(ncols, n)
+  nrows = -(-n // ncols)
+  padded = np.full((nrows * ncols, *samples.shape[1:]), _PAD_VALUE, np.float32)
+  padded[:n] = samples
+  return _show_grid(padded.reshape(nrows, ncols, *samples.shape[1:]), title)
+
+
+def plot_traversals(
+    images: Any, values: Any, dims: Sequence[int], kl: Sequence[float] | None = None
+) -> Figure:
+  """Latent traversals: row *k* varies latent ``dims[k]`` over ``values``, others fixed.
+
+  Args:
+    images: (K, S, H, W, C) decoded images, one row per traversed dimension.
+    values: (S,) the values the dimension takes.
+    dims: (K,) the latent index of each row.
+    kl: (K,) optional mean KL (nats) of each row's dimension, shown in its label.
+  """
+  images = _check_images(images, 5, "images")
+  values = np.asarray(values)
+  if len(dims) != images.shape[0] or values.shape != (images.shape[1],):
+    raise ValueError(
+        f"Need one dim per row and one value per column: images {images.shape}, "
+        f"dims {len(dims)}, values {values.shape}."
+    )
+  if kl is not None:
+    labels = [f"z{d}  KL {k:.2f}" for d, k in zip(dims, kl)]
+  else:
+    labels = [f"z{d}" for d in dims]
+  return _show_grid(
+      images, "Latent traversals (rows sorted by KL, nats)", labels, [f"{v:+.1f}" for v in values]
+  )
+
+
+def plot_interpolation(images: Any, inputs: Any | None = None) -> Figure:
+  """Rows of decoded images along a straight line between two inputs' latent means.
+
+  Args:
+    images: (P, S, H, W, C), one row of S steps per pair.
+    inputs: optional (P, 2, H, W, C) the two inputs of each pair, drawn at the row ends.
+  """
+  images = _check_images(images, 5, "images")
+  steps = images.shape[1]
+  cols = [f"{t:.2f}" for t in np.linspace(0.0, 1.0, steps)]
+  if inputs is not None:
+    inputs = _check_images(inputs, 5, "inputs")
+    images = np.concatenate([inputs[:, :1], images, inputs[:, 1:]], axis=1)
+    cols = ["input A", *cols, "input B"]
+  return _show_grid(images, "Interpolation between two inputs (latent means, t = 0 → 1)",
+                    col_labels=cols)
+
+
+def plot_kl_per_dim(kl: Any, threshold: float = 0.1) -> Figure:
+  """Bar chart of the mean KL of each latent dimension (nats); dims below ``threshold`` grey.
+
+  A dimension carrying less than ~0.1 nat is collapsed to the prior for practical purposes.
+  """
+  kl = np.asarray(kl, np.float64)
+  if kl.ndim != 1:
+    raise ValueError(f"kl must be a (d,) vector, got shape {kl.shape}.")
+  d = kl.shape[0]
+  fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * d + 1.5), 3.2))
+  colors = ["tab:blue" if v > threshold else "lightgrey" for v in kl]
+  ax.bar(np.arange(d), kl, color=colors)
+  for i, v in enumerate(kl):
+    ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+  ax.set_xticks(np.arange(d))
+  ax.set_xticklabels([f"z{i}" for i in range(d)], fontsize=8)
+  ax.set_ylabel("mean KL (nats)")
+  ax.set_title(f"KL per latent dimension (total {kl.sum():.2f} nats; "
+               f"{int((kl > threshold).sum())}/{d} above {threshold:g} nats)", fontsize=10)
+  ax.spines[["top", "right"]].set_visible(False)
+  fig.tight_layout()
+  return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+  """Saves ``fig`` as a PNG (creating folders) and closes it."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
+
+
+# ----------------------------------------------------------------------------- model layer
+
+
+def figure_arrays(
+    model: Any,
+    params: Any,
+    images: Any,
+    key: jax.Array,
+    *,
+    labels: Any | None = None,
+    num_classes: int | None = None,
+    kl_per_dim: Sequence[float] | None = None,
+    num_samples: int = 32,
+    traversal_steps: int = 9,
+    traversal_range: float = 2.5,
+    max_traversal_dims: int = 10,
+    max_pairs: int = 4,
+) -> dict[str, np.ndarray]:
+  """Runs ``model`` to get the arrays every figure needs.
+
+  Reconstructions and interpolations decode posterior means; traversals start from the
+  first input's mean and set one dimension at a time to each of ``traversal_steps`` values
+  in [−range, range], for the ``max_traversal_dims`` dimensions of largest KL; samples
+  decode z ~ N(0, I). Images are decoder means (``likelihood_mean``).
+
+  Args:
+    model, params: the VAE and its parameters.
+    images: (N ≥ 2, H, W, C) inputs in [0, 1].
+    key: PRNG key for the prior samples.
+    labels: (N,) labels for a conditional model (prior samples cycle through
+      ``num_classes``), else None.
+    kl_per_dim: (d,) mean KL per dimension to rank traversals; None = from ``images``.
+  """
+  images = jnp.asarray(_check_images(images, 4, "images"))
+  if images.shape[0] < 2:
+    raise ValueError(f"Need at least 2 images (for interpolation), got {images.shape[0]}.")
+  variables = {"params": params}
+  labels = None if labels is None else jnp.asarray(labels, jnp.int32)
+
+  # One compiled call each: op-by-op dispatch of an un-jitted model is far slower.
+  decode_fn = jax.jit(lambda v, z, y: distributions.likelihood_mean(
+      model.apply(v, z, y, method="decode")))
+  encode_fn = jax.jit(lambda v, x, y: model.apply(v, x, y, method="encode"))
+
+  def decode(z, y):
+    return np.asarray(decode_fn(variables, z, y))
+
+  mean, log_var = encode_fn(variables, images, labels)
+  d = mean.shape[-1]
+  if kl_per_dim is None:
+    kl_per_dim = np.asarray(jnp.mean(distributions.kl_standard_normal(mean, log_var), axis=0))
+  kl_per_dim = np.asarray(kl_per_dim, np.float64)
+
+  sample_labels = None
+  if labels is not None:
+    sample_labels = jnp.arange(num_samples, dtype=jnp.int32) % int(num_classes or 1)
+  samples = decode(jax.random.normal(key, (num_samples, d)), sample_labels)
+
+  dims = np.argsort(-kl_per_dim, kind="stable")[:max_traversal_dims]
+  values = np.linspace(-traversal_range, traversal_range, traversal_steps, dtype=np.float32)
+  base = np.asarray(mean[0])
+  codes = np.repeat(base[None, None], len(dims) * traversal_steps, axis=0).reshape(
+      len(dims), traversal_steps, d)
+  for row, dim in enumerate(dims):
+    codes[row, :, dim] = values
+  flat_labels = None if labels is None else jnp.full((codes[..., 0].size,), labels[0])
+  traversals = decode(jnp.asarray(codes.reshape(-1, d)), flat_labels).reshape(
+      len(dims), traversal_steps, *images.shape[1:])
+
+  pairs = min(max_pairs, images.shape[0] // 2)
+  t = jnp.linspace(0.0, 1.0, traversal_steps)[None, :, None]
+  za, zb = mean[0: 2 * pairs: 2], mean[1: 2 * pairs: 2]
+  path = (1 - t) * za[:, None] + t * zb[:, None]
+  path_labels = None if labels is None else jnp.repeat(labels[0: 2 * pairs: 2], traversal_steps)
+  interpolation = decode(path.reshape(-1, d), path_labels).reshape(
+      pairs, traversal_steps, *images.shape[1:])
+  endpoints = np.asarray(images[: 2 * pairs]).reshape(pairs, 2, *images.shape[1:])
+
+  return {
+      "inputs": np.asarray(images),
+      "reconstructions": decode(mean, labels),
+      "samples": samples,
+      "traversals": traversals,
+      "traversal_values": values,
+      "traversal_dims": dims,
+      "traversal_kl": kl_per_dim[dims],
+      "interpolation": interpolation,
+      "interpolation_inputs": endpoints,
+      "kl_per_dim": kl_per_dim,
+  }
+
+
+def write_figures(
+    model: Any, params: Any, images: Any, out_dir: str | os.PathLike, key: jax.Array, **kwargs
+) -> list[Path]:
+  """Writes reconstructions, samples, traversals, interpolation and KL-per-dimension PNGs.
+
+  ``kwargs`` go to :func:`figure_arrays`. Returns the paths written.
+  """
+  arrays = figure_arrays(model, params, images, key, **kwargs)
+  out_dir = Path(out_dir)
+  figures = {
+      "reconstructions.png": plot_reconstructions(arrays["inputs"], arrays["reconstructions"]),
+      "samples.png": plot_samples(arrays["samples"]),
+      "traversals.png": plot_traversals(
+          arrays["traversals"], arrays["traversal_values"], arrays["traversal_dims"],
+          arrays["traversal_kl"]),
+      "interpolation.png": plot_interpolation(
+          arrays["interpolation"], arrays["interpolation_inputs"]),
+      "kl_per_dim.png": plot_kl_per_dim(arrays["kl_per_dim"]),
+  }
+  return [save_figure(fig, out_dir / name) for name, fig in figures.items()]
