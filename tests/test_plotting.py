@@ -126,3 +126,44 @@ def test_write_figures_writes_readable_pngs(tiny_vae, tmp_path):
   for path in paths:
     image = plt.imread(path)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_conditional_figures_share_z_across_a_column_and_transfer_style(tmp_path):
+  model = models.create_model(
+      {"name": "mlp_cvae", "latent_dim": 3, "hidden_sizes": (8,)}, (6, 6, 1), num_classes=4)
+  x, labels = jnp.zeros((1, 6, 6, 1)), jnp.zeros((1,), jnp.int32)
+  params = jax.jit(model.init)(
+      {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, x, labels)["params"]
+  images = np.random.default_rng(2).random((5, 6, 6, 1)).astype(np.float32)
+  image_labels = np.array([0, 1, 2, 3, 0], np.int32)
+  arrays = plotting.figure_arrays(model, params, images, jax.random.PRNGKey(4),
+                                  labels=image_labels, num_classes=4, traversal_steps=3)
+  chex.assert_shape(arrays["class_samples"], (4, 3, 6, 6, 1))
+  chex.assert_shape(arrays["style_transfer"], (5, 4, 6, 6, 1))
+  variables = {"params": params}
+  # Style transfer: input 1's posterior mean (encoded with its label 1) decoded as class 3.
+  mean, _ = model.apply(variables, jnp.asarray(images), jnp.asarray(image_labels),
+                        method="encode")
+  expected = distributions.likelihood_mean(
+      model.apply(variables, mean[1:2], jnp.array([3]), method="decode"))
+  chex.assert_trees_all_close(arrays["style_transfer"][1, 3], expected[0], atol=1e-6)
+  # Class samples: rows differ by class only, so the same row label gives the same image
+  # for the same z, and different classes give different images.
+  assert not np.allclose(arrays["class_samples"][0, 0], arrays["class_samples"][1, 0])
+  paths = plotting.write_figures(model, params, images, tmp_path, jax.random.PRNGKey(5),
+                                 labels=image_labels, num_classes=4)
+  assert {"class_samples.png", "style_transfer.png"} <= {p.name for p in paths}
+
+
+def test_hierarchical_samples_are_ancestral(tmp_path):
+  model = models.create_model(
+      {"name": "hvae", "latent_sizes": (3, 2), "hidden_size": 8}, (6, 6, 1))
+  params = jax.jit(model.init)(
+      {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)},
+      jnp.zeros((1, 6, 6, 1)))["params"]
+  images = np.random.default_rng(3).random((4, 6, 6, 1)).astype(np.float32)
+  key = jax.random.PRNGKey(7)
+  arrays = plotting.figure_arrays(model, params, images, key, num_samples=5)
+  _, expected = model.apply({"params": params}, 5, method="sample_prior", rngs={"sample": key})
+  chex.assert_trees_all_close(arrays["samples"], distributions.likelihood_mean(expected),
+                              atol=1e-6)

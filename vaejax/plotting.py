@@ -182,6 +182,38 @@ def plot_kl_per_dim(kl: Any, threshold: float = 0.1) -> Figure:
   return fig
 
 
+def plot_class_conditional_samples(images: Any) -> Figure:
+  """Class-conditional samples: row = class, column = one z shared by the whole column.
+
+  Args:
+    images: (num_classes, S, H, W, C): ``images[c, s]`` decodes ``(z_s, class c)``, so a
+      column shows one style written as every class.
+  """
+  images = _check_images(images, 5, "images")
+  return _show_grid(images, "Class-conditional samples (rows: class; columns: one z each)",
+                    [f"class {c}" for c in range(images.shape[0])])
+
+
+def plot_style_transfer(inputs: Any, transferred: Any) -> Figure:
+  """Style transfer: each row encodes one input with its label, decodes it with every label.
+
+  Args:
+    inputs: (N, H, W, C) the inputs.
+    transferred: (N, num_classes, H, W, C) decodings of each input's z with each class.
+  """
+  inputs = _check_images(inputs, 4, "inputs")
+  transferred = _check_images(transferred, 5, "transferred")
+  if transferred.shape[0] != inputs.shape[0] or transferred.shape[2:] != inputs.shape[1:]:
+    raise ValueError(
+        f"transferred {transferred.shape} must be (N, classes, H, W, C) for inputs "
+        f"{inputs.shape}."
+    )
+  grid = np.concatenate([inputs[:, None], transferred], axis=1)
+  cols = ["input"] + [str(c) for c in range(transferred.shape[1])]
+  return _show_grid(grid, "Style transfer: z of the input (with its label), decoded per class",
+                    col_labels=cols)
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
   """Saves ``fig`` as a PNG (creating folders) and closes it."""
   path = Path(path)
@@ -214,7 +246,11 @@ def figure_arrays(
   Reconstructions and interpolations decode posterior means; traversals start from the
   first input's mean and set one dimension at a time to each of ``traversal_steps`` values
   in [−range, range], for the ``max_traversal_dims`` dimensions of largest KL; samples
-  decode z ~ N(0, I). Images are decoder means (``likelihood_mean``).
+  decode z ~ N(0, I) (ancestral samples through the levels for a model with
+  ``sample_prior``, e.g. the hierarchical VAE). For a conditional model (``labels`` and
+  ``num_classes``) it adds ``class_samples`` (classes × shared z draws) and
+  ``style_transfer`` (inputs encoded with their labels, decoded with every label). Images
+  are decoder means (``likelihood_mean``).
 
   Args:
     model, params: the VAE and its parameters.
@@ -247,7 +283,11 @@ def figure_arrays(
   sample_labels = None
   if labels is not None:
     sample_labels = jnp.arange(num_samples, dtype=jnp.int32) % int(num_classes or 1)
-  samples = decode(jax.random.normal(key, (num_samples, d)), sample_labels)
+  if hasattr(model, "sample_prior"):  # hierarchical: ancestral sampling through the levels
+    samples = np.asarray(jax.jit(lambda v, k: distributions.likelihood_mean(model.apply(
+        v, num_samples, method="sample_prior", rngs={"sample": k})[1]))(variables, key))
+  else:
+    samples = decode(jax.random.normal(key, (num_samples, d)), sample_labels)
 
   dims = np.argsort(-kl_per_dim, kind="stable")[:max_traversal_dims]
   values = np.linspace(-traversal_range, traversal_range, traversal_steps, dtype=np.float32)
@@ -269,7 +309,21 @@ def figure_arrays(
       pairs, traversal_steps, *images.shape[1:])
   endpoints = np.asarray(images[: 2 * pairs]).reshape(pairs, 2, *images.shape[1:])
 
+  conditional = {}
+  if labels is not None and num_classes:
+    classes = jnp.arange(num_classes, dtype=jnp.int32)
+    z = jax.random.normal(jax.random.fold_in(key, 1), (traversal_steps, d))
+    grid_z = jnp.tile(z, (num_classes, 1))  # the same z_s in every row
+    conditional["class_samples"] = decode(grid_z, jnp.repeat(classes, traversal_steps)).reshape(
+        num_classes, traversal_steps, *images.shape[1:])
+    n = min(6, images.shape[0])
+    style_z = jnp.repeat(mean[:n], num_classes, axis=0)
+    conditional["style_inputs"] = np.asarray(images[:n])
+    conditional["style_transfer"] = decode(style_z, jnp.tile(classes, n)).reshape(
+        n, num_classes, *images.shape[1:])
+
   return {
+      **conditional,
       "inputs": np.asarray(images),
       "reconstructions": decode(mean, labels),
       "samples": samples,
@@ -302,4 +356,8 @@ def write_figures(
           arrays["interpolation"], arrays["interpolation_inputs"]),
       "kl_per_dim.png": plot_kl_per_dim(arrays["kl_per_dim"]),
   }
+  if "class_samples" in arrays:
+    figures["class_samples.png"] = plot_class_conditional_samples(arrays["class_samples"])
+    figures["style_transfer.png"] = plot_style_transfer(
+        arrays["style_inputs"], arrays["style_transfer"])
   return [save_figure(fig, out_dir / name) for name, fig in figures.items()]

@@ -96,7 +96,7 @@ def _is_conditional(model: Any) -> bool:
   return bool(getattr(model, "conditional", False))
 
 
-class _Run:
+class Run:
   """The pieces of one run that the loop, evaluation and figures share."""
 
   def __init__(self, config: ml_collections.ConfigDict, dataset: Any = None):
@@ -112,6 +112,9 @@ class _Run:
         config.model, tuple(self.dataset.image_shape), self.dataset.num_classes
     )
     self.conditional = _is_conditional(self.model)
+    if self.free_bits_groups is None:
+      # Hierarchical models: free bits per stochastic level (IAF paper's grouping).
+      self.free_bits_groups = getattr(self.model, "latent_groups", None)
     latent_dim = getattr(self.model, "latent_dim", None)
     if self.free_bits_groups is not None and latent_dim is not None and (
         len(self.free_bits_groups) != latent_dim
@@ -179,14 +182,14 @@ def _check_batch(batch: Batch, image_shape: Sequence[int], conditional: bool) ->
     raise ValueError("The model is conditional but the batch has no 'label'.")
 
 
-def _evaluate(run: _Run, params: Any, eval_fn: Callable, batches: Sequence[Batch]) -> dict:
+def _evaluate(run: Run, params: Any, eval_fn: Callable, batches: Sequence[Batch]) -> dict:
   key = jax.random.fold_in(run.root, EVAL_SAMPLE_STREAM)
   chunks = [jax.device_get(eval_fn(params, b, jax.random.fold_in(key, i)))
             for i, b in enumerate(batches)]
   return summarize_eval(chunks, run.num_dims)
 
 
-def _write_figures(run: _Run, params: Any, workdir: Path, batches: Sequence[Batch],
+def _write_figures(run: Run, params: Any, workdir: Path, batches: Sequence[Batch],
                    kl_per_dim: Sequence[float] | None) -> list[Path]:
   from vaejax import plotting  # pylint: disable=g-import-not-at-top
 
@@ -246,7 +249,7 @@ def train_and_evaluate(
       if latest is not None:
         saved = probe.read_meta(latest)
         config_utils.check_resumable(saved["config"], config_dict, str(ckpt_dir / str(latest)))
-  run = _Run(config, dataset)
+  run = Run(config, dataset)
   optimizer = optimizer_from_config(config)
   state = create_train_state(
       run.model, optimizer, config.seed, run.dataset.image_shape, conditional=run.conditional
@@ -322,21 +325,50 @@ def train_and_evaluate(
   return state
 
 
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The resolved config a run saved in ``workdir/config.json``."""
+  path = Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"No {CONFIG_FILE} in {Path(workdir).resolve()}: not a vaejax training workdir "
+        "(python -m experiments.train writes it)."
+    )
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def restore_run(
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict | None = None,
+    *,
+    dataset: Any = None,
+) -> tuple[Run, TrainState, int]:
+  """``(run, state, step)`` of the newest checkpoint in ``workdir``.
+
+  ``config`` defaults to the run's own ``config.json``; a different one must agree with
+  the checkpoint's except for :data:`vaejax.config_utils.RESUMABLE_KEYS` (else one clear
+  error naming the keys that differ, e.g. a checkpoint of another model).
+  """
+  workdir = Path(workdir).resolve()
+  config = load_config(workdir) if config is None else config
+  with checkpointing.Checkpointer(workdir / checkpointing.CHECKPOINT_DIR) as ckpt:
+    latest = ckpt.latest_step()
+    if latest is None:
+      raise FileNotFoundError(f"No checkpoint in {workdir / checkpointing.CHECKPOINT_DIR}.")
+    config_utils.check_resumable(ckpt.read_meta(latest)["config"], config_utils.to_dict(config),
+                                 str(workdir / checkpointing.CHECKPOINT_DIR / str(latest)))
+    run = Run(config, dataset)
+    state = create_train_state(run.model, optimizer_from_config(config), config.seed,
+                               run.dataset.image_shape, conditional=run.conditional)
+    state, _ = ckpt.restore(latest, state)
+  return run, state, latest
+
+
 def write_figures_from_checkpoint(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, dataset: Any = None
 ) -> list[Path]:
   """Writes ``workdir/figures`` from the newest checkpoint of a run (figures on demand)."""
   workdir = Path(workdir).resolve()
-  run = _Run(config, dataset)
-  optimizer = optimizer_from_config(config)
-  state = create_train_state(
-      run.model, optimizer, config.seed, run.dataset.image_shape, conditional=run.conditional
-  )
-  with checkpointing.Checkpointer(workdir / checkpointing.CHECKPOINT_DIR) as ckpt:
-    latest = ckpt.latest_step()
-    if latest is None:
-      raise FileNotFoundError(f"No checkpoint in {workdir / checkpointing.CHECKPOINT_DIR}.")
-    state, _ = ckpt.restore(latest, state)
+  run, state, _ = restore_run(workdir, config, dataset=dataset)
   batches = run.eval_batches()
   eval_fn = jax.jit(make_eval_step(run.model, conditional=run.conditional))
   kl = _evaluate(run, state.params, eval_fn, batches)["eval/kl_per_dim"]
