@@ -8,7 +8,7 @@ dimension (per level for hierarchical models), prints a markdown table and write
 DIR/likelihood.json.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from vaejax.evaluation import report
 
@@ -21,6 +21,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the importance samples.")
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # keep orbax's INFO chatter off the table
   try:
     results = report.evaluate_workdir(
         _WORKDIR.value, num_samples=_NUM_SAMPLES.value, chunk_size=_CHUNK.value,
