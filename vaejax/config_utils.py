@@ -34,13 +34,15 @@ GROUP_KEYS: dict[str, tuple[str, ...] | None] = {
     "figures": (
         "enabled", "num_images", "traversal_steps", "traversal_range", "max_traversal_dims",
     ),
+    "disentanglement": ("enabled", "preset", "seed", "metrics"),
 }
 
 # Keys a user may change when re-running a command to continue a run: they change how
 # long it runs, what it reports and where files live, never the training trajectory.
 RESUMABLE_KEYS = (
     "num_steps", "log_every", "eval_every", "checkpoint_every",
-    "eval.*", "figures.*", "data.path", "data.data_dir", "optimizer.max_consecutive_skips",
+    "eval.*", "figures.*", "disentanglement.*", "data.path", "data.data_dir",
+    "optimizer.max_consecutive_skips",
 )
 
 

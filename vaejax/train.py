@@ -127,6 +127,16 @@ class Run:
     self.num_dims = int(np.prod(self.dataset.image_shape))
     self.sampler = self.dataset.jax_sampler("train")
     self.eval_split = self._eval_split()
+    if config.disentanglement.enabled:
+      from vaejax.evaluation import representation  # pylint: disable=g-import-not-at-top
+
+      representation.resolve_settings(config)  # a bad preset/seed/metric fails now
+      if getattr(self.dataset, "ground_truth", None) is None:
+        raise config_utils.ConfigError(
+            f"Config disentanglement.enabled=True needs a dataset with ground-truth factors "
+            f"(dsprites, dsprites_procedural); {config.data.name!r} has none. Set "
+            "--config.disentanglement.enabled=False."
+        )
     if self.conditional and self.dataset.num_classes is None:
       raise config_utils.ConfigError(
           f"Model {config.model.name!r} is conditional but dataset {config.data.name!r} "
@@ -322,6 +332,13 @@ def train_and_evaluate(
       last_eval_kl = _evaluate(run, state.params, eval_fn, eval_batches)["eval/kl_per_dim"]
     paths = _write_figures(run, state.params, workdir, eval_batches, last_eval_kl)
     logging.info("Figures: %s", ", ".join(str(p) for p in paths))
+  if config.disentanglement.enabled:
+    from vaejax.evaluation import representation  # pylint: disable=g-import-not-at-top
+
+    scores = representation.evaluate_run(config, workdir, dataset=run.dataset,
+                                          params=state.params, step=int(state.step))["scores"]
+    logging.info("Disentanglement (%s): %s", workdir / representation.RESULTS_FILE,
+                 ", ".join(f"{k}={v:.3f}" for k, v in sorted(scores.items())))
   return state
 
 

@@ -81,6 +81,15 @@ def get_base_config() -> ml_collections.ConfigDict:
       "traversal_range": 2.5,
       "max_traversal_dims": 10,
   })
+
+  # Disentanglement metrics at the end of training (datasets with ground-truth factors);
+  # preset "dlib" = disentanglement_lib's sample counts, "cpu" = reduced counts.
+  config.disentanglement = ml_collections.ConfigDict({
+      "enabled": False,
+      "preset": "dlib",
+      "seed": 0,
+      "metrics": (),  # () = all six
+  })
   return config
 
 

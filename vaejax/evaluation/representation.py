@@ -1,0 +1,379 @@
+r"""The bridge from a trained VAE to the disentanglement metrics.
+
+Every metric of :mod:`vaejax.evaluation.disentanglement` scores a *representation
+function* ``r: observations (N, H, W, C) -> codes (N, d)``; as in disentanglement_lib it is
+the encoder mean, :math:`r(x) = \mu_\phi(x) = \mathbb{E}_{q_\phi(z|x)}[z]`.
+
+* :func:`make_representation_fn` compiles ``r`` once (``jax.jit``) and applies it in
+  fixed-size, padded chunks, so any number of observations reuses one program.
+* :func:`evaluate_disentanglement` runs all metrics for a model at the sample counts of a
+  named preset (:data:`METRIC_PRESETS`): ``"dlib"`` = disentanglement_lib's defaults (an
+  accelerator job: ~3M encoder calls), ``"cpu"`` = reduced counts that take about a
+  minute on 2 CPU cores, ``"test"`` = tiny counts for tests.
+* :func:`evaluate_run` evaluates the newest checkpoint of a training run and writes
+  ``WORKDIR/disentanglement.json``; re-running it with the same settings on the same
+  checkpoint reads that file instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vaejax.evaluation import disentanglement
+
+RESULTS_FILE = "disentanglement.json"
+DEFAULT_BATCH_SIZE = 256  # = disentanglement.represent's chunk: one call per chunk
+
+# Per-metric keyword overrides of evaluate_all. "dlib" leaves every default, which is
+# disentanglement_lib's (unsupervised_study_v1). "cpu" keeps each protocol (batch 64 for
+# the fixed-factor scores, 20 bins, the same classifiers) but draws fewer points: the
+# fixed-factor scores cost 64-128 encodings per point, so they are cut the most.
+METRIC_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "dlib": {},
+    "cpu": {
+        "beta_vae": {"num_train": 500, "num_eval": 250},
+        "factor_vae": {"num_train": 500, "num_eval": 250, "num_variance_estimate": 5000},
+        "mig": {"num_train": 5000},
+        "dci": {"num_train": 3000, "num_test": 1500},
+        "sap": {"num_train": 3000, "num_test": 1500},
+        "modularity_explicitness": {"num_train": 3000, "num_test": 1500},
+    },
+    "test": {
+        "beta_vae": {"batch_size": 8, "num_train": 20, "num_eval": 10},
+        "factor_vae": {"batch_size": 8, "num_train": 20, "num_eval": 10,
+                       "num_variance_estimate": 200},
+        "mig": {"num_train": 200},
+        "dci": {"num_train": 200, "num_test": 100},
+        "sap": {"num_train": 200, "num_test": 100},
+        "modularity_explicitness": {"num_train": 200, "num_test": 100},
+    },
+}
+
+# Headline score of each metric (the number papers tabulate).
+HEADLINE_SCORES = {
+    "beta_vae": "beta_vae/eval_accuracy",
+    "factor_vae": "factor_vae/eval_accuracy",
+    "mig": "mig/discrete_mig",
+    "dci": "dci/disentanglement",
+    "sap": "sap/sap_score",
+    "modularity_explicitness": "modularity_explicitness/modularity_score",
+}
+
+
+def check_preset(preset: str) -> dict[str, dict[str, Any]]:
+  """The overrides of ``preset``, or one ValueError naming the known presets."""
+  if preset not in METRIC_PRESETS:
+    raise ValueError(
+        f"Unknown disentanglement preset {preset!r}; known presets: {sorted(METRIC_PRESETS)}.")
+  return METRIC_PRESETS[preset]
+
+
+def describe_preset(preset: str) -> str:
+  """A one-line description of a preset's sample counts, for tables and plot titles."""
+  overrides = check_preset(preset)
+  if not overrides:
+    return "disentanglement_lib metric sample counts"
+  short = {"beta_vae": "BetaVAE", "factor_vae": "FactorVAE", "mig": "MIG", "dci": "DCI",
+           "sap": "SAP", "modularity_explicitness": "Mod"}
+  parts = []
+  for name, kwargs in overrides.items():
+    train = kwargs.get("num_train")
+    test = kwargs.get("num_eval", kwargs.get("num_test"))
+    parts.append(f"{short[name]} {train}" + (f"/{test}" if test else ""))
+  return f"reduced metric sample counts ({preset!r}: " + ", ".join(parts) + ")"
+
+
+def _check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
+  names = tuple(disentanglement.METRICS) if not metrics else tuple(metrics)
+  unknown = [m for m in names if m not in disentanglement.METRICS]
+  if unknown:
+    raise ValueError(f"Unknown disentanglement metric(s) {unknown}; available: "
+                     f"{list(disentanglement.METRICS)}.")
+  return names
+
+
+def _check_unconditional(model: Any) -> None:
+  if getattr(model, "conditional", False):
+    raise ValueError(
+        f"{type(model).__name__} is conditional (num_classes={model.num_classes}); the "
+        "disentanglement metrics encode observations without labels. Use an "
+        "unconditional model.")
+
+
+# ----------------------------------------------------------------------------- the function
+
+
+def make_representation_fn(
+    model: Any, params: Any, *, batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Callable[[np.ndarray], np.ndarray]:
+  """The encoder mean as a batched, jit-compiled host function.
+
+  Args:
+    model: a VAE module with ``encode(x) -> (mean, log_var)`` and ``image_shape``
+      (e.g. from :func:`vaejax.models.create_model`); unconditional only, because the
+      metrics encode observations without labels.
+    params: its parameters (the ``"params"`` collection).
+    batch_size: observations per compiled call; larger inputs go through in chunks and
+      the last chunk is padded, so the program compiles once.
+
+  Returns:
+    ``fn(observations) -> codes``: float32 ``(N, H, W, C)`` (or ``(N, H, W)`` for one
+    channel) in [0, 1] to float32 numpy ``(N, d)``, the posterior means μ(x).
+
+  Raises:
+    ValueError: a conditional model, or a bad ``batch_size``; the returned function
+      raises ValueError for observations of the wrong shape, non-finite values or
+      values outside [0, 1], before anything runs on the device.
+  """
+  _check_unconditional(model)
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+  image_shape = tuple(getattr(model, "image_shape", ()))
+  if len(image_shape) != 3:
+    raise ValueError(f"The model needs an image_shape (H, W, C); got {image_shape!r}.")
+  params = jax.device_put(params)  # once, not per call
+
+  @jax.jit
+  def encode_mean(p, x):
+    mean, _ = model.apply({"params": p}, x, method="encode")
+    return mean
+
+  def representation_fn(observations: Any) -> np.ndarray:
+    x = np.asarray(observations, dtype=np.float32)
+    if x.ndim == 3 and image_shape[-1] == 1:
+      x = x[..., None]
+    if x.ndim != 4 or x.shape[1:] != image_shape or x.shape[0] == 0:
+      raise ValueError(
+          f"observations must have shape (N >= 1, {', '.join(map(str, image_shape))}); "
+          f"got {np.shape(observations)}.")
+    if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+      bad = ~np.isfinite(x) | (x < 0) | (x > 1)
+      index = tuple(int(i) for i in np.argwhere(bad)[0])
+      raise ValueError(f"observations must be finite and in [0, 1]; observations{index} = "
+                       f"{x[index]}.")
+    codes = []
+    for start in range(0, x.shape[0], batch_size):
+      chunk = x[start:start + batch_size]
+      m = chunk.shape[0]
+      if m < batch_size:  # pad with the last row: one compiled shape
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - m, axis=0)])
+      codes.append(np.asarray(encode_mean(params, jnp.asarray(chunk)))[:m])
+    return np.concatenate(codes)
+
+  return representation_fn
+
+
+def evaluate_disentanglement(
+    model: Any,
+    params: Any,
+    ground_truth: Any,
+    seed: int = 0,
+    preset: str = "dlib",
+    *,
+    metrics: Sequence[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    timings: dict[str, dict[str, float]] | None = None,
+    **overrides: Mapping[str, Any],
+) -> dict[str, float]:
+  """All (or the named) disentanglement metrics of ``model`` on its encoder mean.
+
+  Args:
+    model, params: an unconditional VAE and its parameters.
+    ground_truth: a :class:`vaejax.evaluation.disentanglement.GroundTruth` whose
+      observations have the model's image shape (``dataset.ground_truth``).
+    seed: the metrics' seed (each metric draws from ``default_rng(seed)``).
+    preset: sample counts, a key of :data:`METRIC_PRESETS`.
+    metrics: names from ``disentanglement.METRICS``; None or empty = all six.
+    batch_size: encoder chunk size (also the metrics' ``chunk_size``).
+    timings: if given, filled with ``{metric: {"seconds", "cpu_seconds"}}`` (wall and
+      process CPU time; on a shared machine the CPU time is the robust one).
+    **overrides: per-metric keyword arguments applied on top of the preset's, e.g.
+      ``dci={"model": "gbt"}``.
+
+  Returns:
+    ``evaluate_all``'s flat dict, e.g. ``{"mig/discrete_mig": 0.21, ...}``.
+  """
+  names = _check_metrics(metrics)
+  base = check_preset(preset)
+  for name in overrides:
+    if name not in disentanglement.METRICS:
+      raise ValueError(f"Unknown metric {name!r} in overrides; available: "
+                       f"{list(disentanglement.METRICS)}.")
+  obs_shape = getattr(ground_truth, "observation_shape", None)
+  image_shape = tuple(getattr(model, "image_shape", ()))
+  if obs_shape is not None and tuple(obs_shape) != image_shape:
+    raise ValueError(f"The ground truth renders observations of shape {tuple(obs_shape)}; "
+                     f"the model takes {image_shape}.")
+  representation_fn = make_representation_fn(model, params, batch_size=batch_size)
+  kwargs = {}
+  for name in names:
+    merged = {**base.get(name, {}), **overrides.get(name, {})}
+    merged.setdefault("chunk_size", batch_size)
+    kwargs[name] = merged
+  scores = {}
+  for name in names:  # one at a time, to time each; evaluate_all seeds each metric afresh
+    wall, cpu = time.perf_counter(), time.process_time()
+    scores.update(disentanglement.evaluate_all(ground_truth, representation_fn, seed=seed,
+                                               metrics=(name,), **{name: kwargs[name]}))
+    if timings is not None:
+      timings[name] = {"seconds": round(time.perf_counter() - wall, 2),
+                       "cpu_seconds": round(time.process_time() - cpu, 2)}
+  return scores
+
+
+# ----------------------------------------------------------------------------- a training run
+
+
+def disentanglement_config(enabled: bool = False, preset: str = "dlib",
+                           seed: int = 0) -> ml_collections.ConfigDict:
+  """The ``disentanglement`` config group a training config may carry.
+
+  Keys: ``enabled`` (evaluate at the end of training), ``preset`` (a key of
+  :data:`METRIC_PRESETS`), ``seed`` (the metrics' seed), ``metrics`` (names; empty = all).
+  """
+  check_preset(preset)
+  return ml_collections.ConfigDict({
+      "enabled": enabled, "preset": preset, "seed": seed, "metrics": (),
+  })
+
+
+def resolve_settings(config: Any, preset: str | None = None, seed: int | None = None,
+                     metrics: Sequence[str] | None = None) -> tuple[str, int, tuple[str, ...]]:
+  """``(preset, seed, metric names)``: the arguments, else ``config.disentanglement``, else
+  ``("dlib", 0, all metrics)``; raises ValueError for an unknown preset or metric."""
+  group = config.get("disentanglement")
+  group = {} if group is None else group
+  preset = group.get("preset", "dlib") if preset is None else preset
+  seed = group.get("seed", 0) if seed is None else seed
+  metrics = group.get("metrics", ()) if metrics is None else metrics
+  check_preset(preset)
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"The disentanglement seed must be an int >= 0, got {seed!r}.")
+  return preset, int(seed), _check_metrics(metrics)
+
+
+def _newest_step(workdir: Path) -> int:
+  from vaejax import checkpointing  # pylint: disable=g-import-not-at-top
+
+  ckpt_dir = workdir / checkpointing.CHECKPOINT_DIR
+  step = None
+  if ckpt_dir.is_dir():
+    with checkpointing.Checkpointer(ckpt_dir) as ckpt:
+      step = ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"No checkpoints in {ckpt_dir}: train the run first.")
+  return int(step)
+
+
+def _restore_params(model: Any, image_shape: Sequence[int], workdir: Path, step: int) -> Any:
+  """The ``params`` of checkpoint ``step``, checked against the model's parameter shapes."""
+  from vaejax import checkpointing  # pylint: disable=g-import-not-at-top
+
+  ckpt_dir = workdir / checkpointing.CHECKPOINT_DIR
+  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
+    state, _ = ckpt.restore(step)  # no target: nested dicts, no train-state init to compile
+  params = state["params"]
+  key = jax.random.key(0)
+  expected = jax.eval_shape(  # traced, not compiled
+      lambda: model.init({"params": key, "sample": key}, jnp.zeros((1, *image_shape)))["params"])
+  shapes = jax.tree.map(lambda a: tuple(a.shape), params)
+  if jax.tree.map(lambda a: tuple(a.shape), expected) != shapes:
+    raise ValueError(f"The checkpoint {ckpt_dir / str(step)} holds parameters of another "
+                     f"architecture than config.model ({type(model).__name__}); evaluate it "
+                     "with the config it was trained with.")
+  return params
+
+
+def read_results(workdir: str | os.PathLike) -> dict[str, Any] | None:
+  """``WORKDIR/disentanglement.json`` as a dict, or None when absent."""
+  path = Path(workdir) / RESULTS_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def evaluate_run(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    dataset: Any = None,
+    params: Any = None,
+    step: int | None = None,
+    preset: str | None = None,
+    seed: int | None = None,
+    metrics: Sequence[str] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+  """Scores a training run's newest checkpoint; writes and returns ``disentanglement.json``.
+
+  Settings come from the arguments, else the config's ``disentanglement`` group, else
+  ``preset="dlib"``, ``seed=0``, all metrics. When the file already holds the same step
+  and settings it is returned as it is (unless ``force``), so a re-run is free.
+
+  Args:
+    config: the run's training config (``model``, ``data``, ``seed``, ...).
+    workdir: the run directory (holding ``checkpoints/``).
+    dataset: the dataset object (default: ``vaejax.data.load(config.data)``); its
+      ``ground_truth`` supplies factors and observations.
+    params, step: evaluate these parameters (e.g. the final train state's) instead of
+      restoring the newest checkpoint; ``step`` labels them.
+    preset, seed, metrics: see :func:`evaluate_disentanglement`.
+    force: recompute even when the file is up to date.
+
+  Returns:
+    ``{"step", "preset", "preset_description", "seed", "metrics", "sample_counts",
+    "scores": {...}, "seconds", "cpu_seconds", ...}``.
+  """
+  from vaejax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from vaejax import models as models_lib  # pylint: disable=g-import-not-at-top
+
+  workdir = Path(workdir).resolve()
+  preset, seed, names = resolve_settings(config, preset, seed, metrics)
+  if (params is None) != (step is None):
+    raise ValueError("Pass params and step together (or neither, to restore the newest "
+                     "checkpoint).")
+  dataset = data_lib.load(config.data) if dataset is None else dataset
+  ground_truth = getattr(dataset, "ground_truth", None)
+  if ground_truth is None:
+    raise ValueError(f"Dataset {getattr(dataset, 'name', dataset)!r} has no ground-truth "
+                     "factors; the disentanglement metrics need one (e.g. dSprites).")
+  model = models_lib.create_model(config.model, tuple(dataset.image_shape),
+                                  dataset.num_classes)
+  _check_unconditional(model)
+  restore = params is None
+  if restore:
+    step = _newest_step(workdir)
+  previous = read_results(workdir)
+  settings = {"step": int(step), "preset": preset, "seed": seed, "metrics": list(names)}
+  if previous is not None and not force and all(
+      previous.get(k) == v for k, v in settings.items()):
+    return previous  # up to date: no restore, no recomputation
+  if restore:
+    params = _restore_params(model, dataset.image_shape, workdir, step)
+  start, cpu_start = time.perf_counter(), time.process_time()
+  timings: dict[str, dict[str, float]] = {}
+  scores = evaluate_disentanglement(model, params, ground_truth, seed, preset, metrics=names,
+                                    timings=timings)
+  result = {
+      **settings,
+      "preset_description": describe_preset(preset),
+      "sample_counts": {n: METRIC_PRESETS[preset].get(n, "defaults") for n in names},
+      "scores": scores,
+      "seconds": round(time.perf_counter() - start, 2),
+      "cpu_seconds": round(time.process_time() - cpu_start, 2),
+      "seconds_per_metric": timings,
+      "data": getattr(dataset, "name", None),
+  }
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = workdir / (RESULTS_FILE + ".tmp")
+  tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+  tmp.replace(workdir / RESULTS_FILE)  # atomic: a killed run leaves no torn file
+  return result
