@@ -16,7 +16,7 @@ disentanglement_lib uses); the last dimension tells them apart.
 The renderer evaluates each sprite's inside-test at the pixel centres in the
 sprite's rotated and scaled frame, so it is a pure, jit- and vmap-able function
 of the classes. Its geometry was fitted to the 320 real frames of DeepMind's
-``dsprites.gif`` (see ``README_DATA.md`` for how close it is).
+``dsprites.gif`` (the README's data section says how close it is).
 """
 
 from __future__ import annotations
