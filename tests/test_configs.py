@@ -15,10 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for experiments.configs
 from experiments.configs import (
   betavae_dsprites,
+  cvae_mnist,
+  hvae_mnist,
   vae_mnist,
 )
 
-CONFIGS = {"betavae_dsprites": betavae_dsprites, "vae_mnist": vae_mnist}
+CONFIGS = {"betavae_dsprites": betavae_dsprites, "vae_mnist": vae_mnist,
+           "cvae_mnist": cvae_mnist, "hvae_mnist": hvae_mnist}
 ALL_PRESETS = [(name, preset) for name, module in CONFIGS.items() for preset in module.PRESETS]
 
 
@@ -31,7 +34,8 @@ def test_every_preset_is_a_valid_training_config(name, preset):
       config, model_names=models.MODELS, dataset_names=data.DATASETS)
   # The groups go to their registries as they are (no stray keys).
   train.loss_settings_from_config(config)
-  models.create_model(config.model, (64, 64, 1) if "dsprites" in name else (28, 28, 1))
+  models.create_model(config.model, (64, 64, 1) if "dsprites" in name else (28, 28, 1),
+                      num_classes=10)
 
 
 def test_betavae_default_is_the_disentanglement_lib_setting():
@@ -169,3 +173,21 @@ def test_cli_negative_beta_is_one_line(tmp_path):
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert errors == ["error: Loss setting beta=-1.0 is negative; it must be >= 0."], result.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_configs_without_the_disentanglement_group_stay_valid():
+  """Runs saved before the group existed still load (absent = disabled)."""
+  config = betavae_dsprites.get_config("test")
+  assert config_utils.disentanglement_enabled(betavae_dsprites.get_config())
+  del config["disentanglement"]
+  config_utils.validate_config(config)
+  assert not config_utils.disentanglement_enabled(config)
+
+
+def test_disentanglement_needs_ground_truth_factors():
+  from test_train import tiny_config, tiny_dataset  # pylint: disable=g-import-not-at-top
+
+  config = tiny_config()
+  config.disentanglement.enabled = True
+  with pytest.raises(config_utils.ConfigError, match="ground-truth factors"):
+    train.Run(config, dataset=tiny_dataset())

@@ -37,6 +37,9 @@ GROUP_KEYS: dict[str, tuple[str, ...] | None] = {
     "disentanglement": ("enabled", "preset", "seed", "metrics"),
 }
 
+# Groups a config may omit (configs and runs older than the group): absent = disabled.
+OPTIONAL_GROUPS = ("disentanglement",)
+
 # Keys a user may change when re-running a command to continue a run: they change how
 # long it runs, what it reports and where files live, never the training trajectory.
 RESUMABLE_KEYS = (
@@ -148,6 +151,12 @@ def _check_group_keys(config: ml_collections.ConfigDict, group: str) -> None:
       )
 
 
+def disentanglement_enabled(config: Any) -> bool:
+  """Whether a config asks for the disentanglement metrics (absent group: no)."""
+  group = config.get("disentanglement")
+  return bool(group is not None and group.get("enabled", False))
+
+
 def validate_config(
     config: ml_collections.ConfigDict,
     *,
@@ -169,10 +178,11 @@ def validate_config(
           f"Unknown config key {key!r}; top-level keys are: {', '.join(sorted(allowed_top))}."
       )
   for key in (*REQUIRED_TOP_LEVEL, *GROUP_KEYS):
-    if key not in config:
+    if key not in config and key not in OPTIONAL_GROUPS:
       raise UnknownKeyError(f"The config lacks the required key {key!r}.")
   for group in GROUP_KEYS:
-    _check_group_keys(config, group)
+    if group in config:
+      _check_group_keys(config, group)
 
   _number(config, "num_steps", minimum=0, integer=True, strict=True)
   _number(config, "batch_size", minimum=0, integer=True, strict=True)

@@ -127,7 +127,7 @@ class Run:
     self.num_dims = int(np.prod(self.dataset.image_shape))
     self.sampler = self.dataset.jax_sampler("train")
     self.eval_split = self._eval_split()
-    if config.disentanglement.enabled:
+    if config_utils.disentanglement_enabled(config):
       from vaejax.evaluation import representation  # pylint: disable=g-import-not-at-top
 
       representation.resolve_settings(config)  # a bad preset/seed/metric fails now
@@ -332,7 +332,7 @@ def train_and_evaluate(
       last_eval_kl = _evaluate(run, state.params, eval_fn, eval_batches)["eval/kl_per_dim"]
     paths = _write_figures(run, state.params, workdir, eval_batches, last_eval_kl)
     logging.info("Figures: %s", ", ".join(str(p) for p in paths))
-  if config.disentanglement.enabled:
+  if config_utils.disentanglement_enabled(config):
     from vaejax.evaluation import representation  # pylint: disable=g-import-not-at-top
 
     scores = representation.evaluate_run(config, workdir, dataset=run.dataset,

@@ -14,9 +14,11 @@ import ml_collections
 
 from experiments.configs import common, vae_mnist
 
+PRESETS = vae_mnist.PRESETS
+
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = vae_mnist.get_config()
   config.model.name = "mlp_cvae"
   config.model.latent_dim = 8  # the label carries the class; z only needs the style
-  return common.apply_preset(config, preset, vae_mnist.PRESETS)
+  return common.apply_preset(config, preset, PRESETS)

@@ -18,6 +18,8 @@ import ml_collections
 
 from experiments.configs import common, vae_mnist
 
+PRESETS = vae_mnist.PRESETS
+
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = vae_mnist.get_config()
@@ -27,7 +29,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.loss.free_bits = 0.5  # nats per level
   config.loss.warmup_steps = 2_000
   config.optimizer.grad_clip_norm = 100.0
-  config = common.apply_preset(config, preset, vae_mnist.PRESETS)
+  config = common.apply_preset(config, preset, PRESETS)
   if preset == "test":
     config.model.latent_sizes, config.model.hidden_size = (4, 2), 32
     config.loss.warmup_steps = 2
