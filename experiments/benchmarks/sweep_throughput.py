@@ -1,0 +1,212 @@
+r"""Sweep throughput: M models in one sweep against M runs one after another.
+
+``PYTHONPATH=. python experiments/benchmarks/sweep_throughput.py [--models=mlp,conv]
+[--num_models=1,4,16,64] [--strategies=sequential,vmap,chunked] [--steps=3] [--repeats=3]``
+
+For each model and M, times (after compiling and a warm-up, blocking on the results):
+
+* ``baseline``: M separate runs one after another, each S steps of its own jit-compiled
+  train step (what M invocations of ``experiments.train`` would do, minus start-up and
+  compilation, which the sweep saves too but this benchmark leaves out);
+* each sweep strategy of :class:`vaejax.sweep.SweepExecutor`: ``sequential`` (a loop of
+  single-model programs, interleaved across models), ``vmap`` (one program of M), and
+  ``chunked`` (programs of ``--chunk_size``), S steps of all M models.
+
+Variants run interleaved in each repeat; the median over repeats is reported as
+model-steps/s and as ``speedup`` = sweep / baseline throughput, and ``speedup_best`` from
+the fastest repeat of each (robust on a shared, noisy machine). ``auto`` in the table is
+the strategy :func:`vaejax.sweep.resolve_chunk_size` picks on this backend. Configurations
+that do not fit in device memory are reported as such (the check the sweep runs).
+
+Models: ``mlp`` = the MLP VAE of ``vae_mnist.py`` (784-512-256-16, batch 128, Bernoulli
+28×28 images sampled inside the step); ``conv`` = the disentanglement_lib dSprites conv VAE
+(batch 64, procedural dSprites rendered inside the step). Needs only jax, flax, optax,
+orbax, chex and absl (no ml_collections: see :func:`_importable_without_ml_collections`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+import types
+
+from absl import app, flags
+
+
+def _importable_without_ml_collections() -> None:
+  """vaejax.train imports ml_collections for its config type hints only; accelerator
+  hosts may lack it, so an empty stand-in lets this benchmark import the train step."""
+  try:
+    import ml_collections  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    stub = types.ModuleType("ml_collections")
+    stub.ConfigDict = type("ConfigDict", (), {})
+    stub.FieldReference = type("FieldReference", (), {})
+    sys.modules["ml_collections"] = stub
+
+
+_importable_without_ml_collections()
+
+import jax
+import jax.numpy as jnp
+
+from vaejax import models, sharding, sweep, train
+from vaejax.data import dsprites_data
+from vaejax.objectives import LossSettings
+
+_MODELS = flags.DEFINE_list("models", ["mlp", "conv"], "Any of mlp, conv.")
+_NUM_MODELS = flags.DEFINE_list("num_models", ["1", "4", "16", "64"], "Sweep sizes M.")
+_STRATEGIES = flags.DEFINE_list(
+    "strategies", ["sequential", "vmap", "chunked"], "Sweep strategies to time.")
+_CHUNK = flags.DEFINE_integer("chunk_size", 4, "Models per program of 'chunked'.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Steps of every model per timed repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.")
+_MAX_MODEL_STEPS = flags.DEFINE_integer(
+    "max_model_steps", 0, "If > 0, cap M × steps per repeat by lowering steps (slow CPUs).")
+_OUT = flags.DEFINE_string("out", "", "Also write the markdown table to this file.")
+
+
+def make_setup(name: str):
+  """(model, image_shape, batch_size, sampler(key, batch) -> batch)."""
+  if name == "mlp":
+    shape = (28, 28, 1)
+    model = models.create_model(
+        {"name": "mlp_vae", "latent_dim": 16, "hidden_sizes": (512, 256)}, shape)
+
+    def sampler(key, batch_size):
+      probs = jnp.full((batch_size, *shape), 0.15, jnp.float32)
+      return {"image": jax.random.bernoulli(key, probs).astype(jnp.float32)}
+
+    return model, shape, 128, sampler
+  if name == "conv":
+    shape = (64, 64, 1)
+    model = models.create_model({"name": "conv_vae", "latent_dim": 10}, shape)
+    return model, shape, 64, dsprites_data.sample_batch
+  raise ValueError(f"Unknown model {name!r}; expected mlp or conv.")
+
+
+def run_config(name: str, num_models: int, strategies: list[str]) -> list[dict]:
+  model, shape, batch_size, sampler = make_setup(name)
+  optimizer = train.make_optimizer(1e-4)
+  step_fn = train.make_train_step(model, optimizer)
+  specs = [sweep.ModelSpec(i, LossSettings(beta=1.0 + i % 4)) for i in range(num_models)]
+  steps = _STEPS.value
+  if _MAX_MODEL_STEPS.value:
+    steps = max(1, min(steps, _MAX_MODEL_STEPS.value // num_models))
+
+  def batch_fn(seed, step):
+    key = jax.random.fold_in(jax.random.key(seed), 7)
+    return sampler(jax.random.fold_in(key, step), batch_size)
+
+  state0 = sweep.init_state(model, optimizer, [s.seed for s in specs], shape)
+
+  # The baseline: one jitted single-model step; run r takes `steps` steps, then run r+1.
+  def single(state, seed, settings):
+    batch = jax.lax.optimization_barrier(batch_fn(seed, state.step))
+    return step_fn(state, batch, settings)
+
+  single = jax.jit(single, donate_argnums=0)
+  settings = sweep.settings_arrays(specs)
+  per_model = [(jax.tree.map(lambda x, i=i: x[i], state0.models), jnp.uint32(s.seed),
+                jax.tree.map(lambda a, i=i: jnp.asarray(a[i]), settings))
+               for i, s in enumerate(specs)]
+
+  def baseline():
+    out = None
+    for i, (state, seed, st) in enumerate(per_model):
+      for _ in range(steps):
+        state, out = single(state, seed, st)
+      per_model[i] = (state, seed, st)
+    return out
+
+  variants = {"baseline": baseline}
+  notes = {}
+  for strategy in strategies:
+    size = sweep.resolve_chunk_size(strategy, num_models, chunk_size=min(_CHUNK.value,
+                                                                       num_models))
+    if strategy == "chunked" and size in (1, num_models):
+      continue  # the same as sequential or vmap
+    executor = sweep.SweepExecutor(step_fn, [s.seed for s in specs], settings, chunk_size=size,
+                                   max_consecutive_skips=10, batch_fn=batch_fn)
+    executor.load(state0)
+    if size > 1:
+      temp = executor.program_temp_bytes()
+      try:
+        sharding.check_memory(num_models=num_models,
+                              bytes_per_model=sharding.tree_bytes(state0) // num_models,
+                              parallel_bytes=temp, budget=sharding.memory_budget())
+      except sharding.SweepMemoryError as e:
+        notes[strategy] = f"does not fit: {e}"
+        continue
+
+    def run(executor=executor):
+      out = None
+      for _ in range(steps):
+        out = executor.step()
+      return out
+
+    variants[strategy] = run
+
+  times = {k: [] for k in variants}
+  for fn in variants.values():  # compile and warm up
+    jax.block_until_ready(fn())
+  for _ in range(_REPEATS.value):
+    for key, fn in variants.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[key].append(time.perf_counter() - start)
+  base = num_models * steps / statistics.median(times["baseline"])
+  base_best = num_models * steps / min(times["baseline"])
+  auto = sweep.resolve_chunk_size("auto", num_models)
+  auto_name = "sequential" if auto == 1 else "vmap"
+  rows = []
+  for key in list(variants) + list(notes):
+    row = {"model": name, "num_models": num_models, "variant": key, "steps": steps,
+           "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+           "auto": key == auto_name}
+    if key in variants:
+      rate = num_models * steps / statistics.median(times[key])
+      best = num_models * steps / min(times[key])
+      row.update(model_steps_per_s=rate, speedup=rate / base, speedup_best=best / base_best,
+                 seconds=[round(t, 4) for t in times[key]])
+    else:
+      row["note"] = notes[key]
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  return rows
+
+
+def table(rows: list[dict]) -> str:
+  lines = ["| model | M | variant | model-steps/s (median) | speedup, median | speedup, best |",
+           "|---|---|---|---|---|---|"]
+  for r in rows:
+    name = r["variant"] + (" (auto)" if r["auto"] else "")
+    if "note" in r:
+      lines.append(f"| {r['model']} | {r['num_models']} | {name} | does not fit | — | — |")
+    else:
+      lines.append(f"| {r['model']} | {r['num_models']} | {name} | "
+                   f"{r['model_steps_per_s']:.1f} | {r['speedup']:.2f}× | "
+                   f"{r['speedup_best']:.2f}× |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  print(json.dumps({"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+                    "jax": jax.__version__, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}))
+  rows = []
+  for name in _MODELS.value:
+    for m in _NUM_MODELS.value:
+      rows += run_config(name, int(m), list(_STRATEGIES.value))
+  text = table(rows)
+  print(text)
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
