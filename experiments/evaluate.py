@@ -8,8 +8,9 @@ dimension (per level for hierarchical models), prints a markdown table and write
 DIR/likelihood.json.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments import cli
 from vaejax.evaluation import report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
@@ -20,18 +21,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the importance samples.")
 
 
 def main(argv):
-  del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # keep orbax's INFO chatter off the table
-  try:
-    results = report.evaluate_workdir(
-        _WORKDIR.value, num_samples=_NUM_SAMPLES.value, chunk_size=_CHUNK.value,
-        max_examples=_MAX.value, seed=_SEED.value,
-    )
-  except (ValueError, FileNotFoundError) as error:
-    raise SystemExit(f"error: {error}") from None
+  results = cli.run_command(lambda: report.evaluate_workdir(
+      _WORKDIR.value, num_samples=_NUM_SAMPLES.value, chunk_size=_CHUNK.value,
+      max_examples=_MAX.value, seed=_SEED.value), argv)
   print(report.format_table(results))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -13,12 +13,11 @@ from ``DIR/results.jsonl``.
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from vaejax import logging_utils, sweep, sweep_plots, train
+from experiments import cli
+from vaejax import logging_utils, sweep, sweep_plots
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Sweep config file (ml_collections), optionally FILE.py:PRESET.",
@@ -26,31 +25,25 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for logs, checkpoints and reports.")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Only rewrite DIR/report from DIR/results.jsonl.")
-_TRACEBACK = flags.DEFINE_bool(
-    "traceback", False, "Show the full traceback of configuration and data errors.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _report_only() -> list:
+  path = f"{_WORKDIR.value}/{sweep.RESULTS_FILE}"
+  rows = logging_utils.read_jsonl(path)
+  if not rows:
+    raise FileNotFoundError(f"No results in {path}; run the sweep first.")
+  return sweep_plots.write_report(rows, f"{_WORKDIR.value}/{sweep.REPORT_DIR}")
+
+
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging_utils.hide_info_logs_from("orbax")
-  try:
+  def command():
     if _REPORT_ONLY.value:
-      path = f"{_WORKDIR.value}/{sweep.RESULTS_FILE}"
-      rows = logging_utils.read_jsonl(path)
-      if not rows:
-        raise FileNotFoundError(f"No results in {path}; run the sweep first.")
-      paths = sweep_plots.write_report(rows, f"{_WORKDIR.value}/{sweep.REPORT_DIR}")
-    else:
-      paths = sweep.train_sweep(_CONFIG.value, _WORKDIR.value).report
-    print("\n".join(str(p) for p in paths))
-  except (ValueError, KeyError, FileNotFoundError, train.NonFiniteError) as error:
-    if _TRACEBACK.value:
-      raise
-    logging.flush()
-    sys.exit(f"error: {error}")
+      return _report_only()
+    return sweep.train_sweep(_CONFIG.value, _WORKDIR.value).report
+
+  print("\n".join(str(p) for p in cli.run_command(command, argv)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
