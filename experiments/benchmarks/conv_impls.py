@@ -19,10 +19,9 @@ XLA flags (``XLA_FLAGS``) are read by JAX at start-up; the JSON line records the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +29,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
+from experiments.benchmarks import timing
 from vaejax import objectives
 from vaejax.models import networks, vae
 
@@ -96,25 +96,24 @@ def main(argv: list[str]) -> None:
       key, sub = jax.random.split(key)
       state = step(*state, x, sub)[:2]
     jax.block_until_ready(state)
-    runs[name] = {"step": step, "state": state, "key": key, "rates": [], "cpu_rates": []}
+    runs[name] = {"step": step, "state": state, "key": key}
 
-  for _ in range(_REPEATS.value):
-    for run in runs.values():  # interleaved, so drifts in machine load hit all variants
-      state, key = run["state"], run["key"]
-      start, cpu_start = time.perf_counter(), time.process_time()
-      for _ in range(_STEPS.value):
-        key, sub = jax.random.split(key)
-        state = run["step"](*state, x, sub)[:2]
-      jax.block_until_ready(state)
-      images = _STEPS.value * batch
-      run["rates"].append(images / (time.perf_counter() - start))
-      run["cpu_rates"].append(images / (time.process_time() - cpu_start))
-      run["state"], run["key"] = state, key
+  def run_steps(run):
+    state, key = run["state"], run["key"]
+    for _ in range(_STEPS.value):
+      key, sub = jax.random.split(key)
+      state = run["step"](*state, x, sub)[:2]
+    run["state"], run["key"] = jax.block_until_ready(state), key
 
-  def medians(field):
-    return {name: round(statistics.median(run[field]), 1) for name, run in runs.items()}
+  # Interleaved, so drifts in machine load hit all variants (experiments/benchmarks/timing.py).
+  timed = timing.interleaved_rates(
+      {name: functools.partial(run_steps, run) for name, run in runs.items()},
+      _STEPS.value * batch, _REPEATS.value)
 
-  rates, cpu_rates = medians("rates"), medians("cpu_rates")
+  def medians(clock):
+    return {name: round(rates.median(clock), 1) for name, rates in timed.items()}
+
+  rates, cpu_rates = medians("wall"), medians("cpu")
   result = {
       "benchmark": "conv_vae_train_step",
       "backend": jax.default_backend(),
