@@ -586,10 +586,7 @@ def train_sweep(
       metrics = executor.step(batches)
       position += 1
       logger.advance()
-      is_log = step % config.log_every == 0 or step == config.num_steps
-      is_eval = bool(config.eval_every) and (
-          step % config.eval_every == 0 or step == config.num_steps)
-      is_ckpt = step % config.checkpoint_every == 0 or step == config.num_steps
+      is_log, is_eval, is_ckpt = train.step_events(config, step)
       if not (is_log or is_eval or is_ckpt):
         continue
       last_metrics = executor.fetch(metrics)

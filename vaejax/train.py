@@ -216,6 +216,15 @@ def _write_figures(run: Run, params: Any, workdir: Path, batches: Sequence[Batch
   )
 
 
+def step_events(config: Any, step: int) -> tuple[bool, bool, bool]:
+  """Whether ``step`` logs, evaluates and checkpoints (the last step does all it can)."""
+  last = step == config.num_steps
+  is_log = step % config.log_every == 0 or last
+  is_eval = bool(config.eval_every) and (step % config.eval_every == 0 or last)
+  is_ckpt = step % config.checkpoint_every == 0 or last
+  return is_log, is_eval, is_ckpt
+
+
 def _check_skips(metrics: Mapping[str, Any], bound: int, step: int, ckpt_step: int | None):
   streak = int(metrics["longest_skip_streak"])
   if streak > bound:
@@ -303,10 +312,7 @@ def train_and_evaluate(
         state, metrics = train_step(state, batch, settings)
         data_position += 1
         logger.advance()
-        is_log = step % config.log_every == 0 or step == config.num_steps
-        is_eval = bool(config.eval_every) and (
-            step % config.eval_every == 0 or step == config.num_steps)
-        is_ckpt = step % config.checkpoint_every == 0 or step == config.num_steps
+        is_log, is_eval, is_ckpt = step_events(config, step)
         if not (is_log or is_eval or is_ckpt):
           continue
         host_metrics = jax.device_get(metrics)
