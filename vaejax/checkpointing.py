@@ -11,12 +11,15 @@ finalized, and at least two are kept.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from typing_extensions import Self
+
+from vaejax import config_utils
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -93,3 +96,20 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def latest_resumable_step(
+    directory: str | os.PathLike, config: Mapping[str, Any],
+    ignore: Iterable[str] = config_utils.RESUMABLE_KEYS,
+) -> int | None:
+  """The newest checkpoint step in ``directory`` (None if none), after checking that
+  ``config`` (a plain dict) may continue it (:func:`vaejax.config_utils.check_resumable`)."""
+  directory = Path(directory)
+  if not directory.exists():
+    return None
+  with Checkpointer(directory) as probe:
+    latest = probe.latest_step()
+    if latest is not None:
+      config_utils.check_resumable(probe.read_meta(latest)["config"], config,
+                                   str(directory / str(latest)), ignore)
+  return latest

@@ -107,21 +107,26 @@ def config_diff(
   return diffs
 
 
-def check_resumable(saved: Mapping[str, Any], config: Mapping[str, Any], where: str) -> None:
+def check_resumable(
+    saved: Mapping[str, Any], config: Mapping[str, Any], where: str,
+    ignore: Iterable[str] = RESUMABLE_KEYS,
+) -> None:
   """Raises ConfigError naming every differing key when ``config`` cannot continue ``saved``.
 
   Args:
     saved: the config stored with the checkpoint.
     config: the config of the run about to start.
     where: the checkpoint directory, for the message.
+    ignore: keys (patterns) allowed to differ; default :data:`RESUMABLE_KEYS`.
   """
-  diffs = config_diff(saved, config)
+  ignore = tuple(ignore)
+  diffs = config_diff(saved, config, ignore=ignore)
   if diffs:
     described = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs)
     raise ConfigError(
         f"The workdir holds a checkpoint ({where}) from a different config ({described}). "
         "Use a new --workdir, or restore those values to continue the run (only "
-        f"{', '.join(RESUMABLE_KEYS)} may change)."
+        f"{', '.join(ignore)} may change)."
     )
 
 

@@ -390,17 +390,6 @@ def _check_sweep_group(config: ml_collections.ConfigDict) -> None:
         f"Unknown sweep.strategy {sweep.strategy!r}; expected one of {STRATEGIES}.")
 
 
-def _check_resumable(saved: Mapping[str, Any], config_dict: Mapping[str, Any],
-                     where: str) -> None:
-  diffs = config_utils.config_diff(
-      saved, config_dict, ignore=config_utils.RESUMABLE_KEYS + PLACEMENT_KEYS)
-  if diffs:
-    described = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs)
-    raise config_utils.ConfigError(
-        f"The workdir holds a sweep checkpoint ({where}) from a different config "
-        f"({described}). Use a new --workdir, or restore those values to continue.")
-
-
 class _Parts(NamedTuple):
   dataset: Any
   model: Any
@@ -528,13 +517,8 @@ def train_sweep(
   parts = _build(config, dataset)
   specs = parts.specs
   ckpt_dir = workdir / checkpointing.CHECKPOINT_DIR
-  latest = None
-  if ckpt_dir.exists():
-    with checkpointing.Checkpointer(ckpt_dir) as probe:
-      latest = probe.latest_step()
-      if latest is not None:
-        _check_resumable(probe.read_meta(latest)["config"], config_dict,
-                         str(ckpt_dir / str(latest)))
+  latest = checkpointing.latest_resumable_step(
+      ckpt_dir, config_dict, ignore=config_utils.RESUMABLE_KEYS + PLACEMENT_KEYS)
 
   state = init_state(parts.model, parts.optimizer, [s.seed for s in specs],
                      tuple(parts.dataset.image_shape), conditional=parts.conditional)

@@ -261,13 +261,7 @@ def train_and_evaluate(
   # Cheap checks first: config values, then a clashing checkpoint, before loading data.
   config_utils.validate_config(config)
   ckpt_dir = workdir / checkpointing.CHECKPOINT_DIR
-  latest = None
-  if ckpt_dir.exists():
-    with checkpointing.Checkpointer(ckpt_dir) as probe:
-      latest = probe.latest_step()
-      if latest is not None:
-        saved = probe.read_meta(latest)
-        config_utils.check_resumable(saved["config"], config_dict, str(ckpt_dir / str(latest)))
+  latest = checkpointing.latest_resumable_step(ckpt_dir, config_dict)
   run = Run(config, dataset)
   optimizer = optimizer_from_config(config)
   state = create_train_state(
