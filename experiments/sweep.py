@@ -1,14 +1,16 @@
-r"""Trains a sweep of models in one program.
+r"""Trains a sweep: every combination of the grid is one model, stacked into one program.
 
-``python -m experiments.sweep --config=experiments/configs/SWEEP.py[:PRESET] --workdir=DIR``
+    python -m experiments.sweep --config=<any training config>[:PRESET] --workdir=DIR \
+        --grid=KEY=V1,V2,... [--grid=...] [--config.KEY=VALUE ...]
 
-The grid lives in the config and is overridable on the command line, e.g.
-``--config.sweep.grid.beta='(1, 4, 16)' --config.sweep.seeds='(0, 1)'``; so are the
-execution strategy (``--config.sweep.strategy=vmap``) and the device mesh
-(``--config.sweep.model_devices=8``). Re-running the same command resumes from the newest
-checkpoint. ``DIR/report/`` receives the results table (markdown, CSV), the
-rate–distortion plot and the KL-per-dimension heatmap; ``--report_only`` rewrites it
-from ``DIR/results.jsonl``.
+KEY is a dotted config key (``loss.beta``, ``learning_rate``, ``model.latent_dim``, ...)
+or ``seed``; values parse as ``--config.KEY=V`` would and split on commas outside
+brackets (``--grid='model.hidden_sizes=(64,32),(128,)'``). Models follow the order of
+the ``--grid`` flags, the last fastest. Without ``--grid`` the config's default grid runs
+(e.g. the dSprites β study of ``betavae_dsprites.py``). Model *i* equals
+``experiments.train`` with its point's values. Re-running the same command resumes.
+``DIR/report/`` receives the tables and plots; ``--report_only`` rewrites it from
+``DIR/results.jsonl``.
 """
 
 from __future__ import annotations
@@ -17,30 +19,36 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
-from vaejax import logging_utils, sweep, sweep_plots
+from vaejax.sweeps import report
+from vaejax.training import loop, writers
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Sweep config file (ml_collections), optionally FILE.py:PRESET.",
+    "config", None, "Training config file (ml_collections), optionally FILE.py:PRESET.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for logs, checkpoints and reports.")
+_GRID = flags.DEFINE_multi_string(
+    "grid", [], "KEY=V1,V2,...: a config key and its values (repeat for more axes).")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Only rewrite DIR/report from DIR/results.jsonl.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _report_only() -> list:
-  path = f"{_WORKDIR.value}/{sweep.RESULTS_FILE}"
-  rows = logging_utils.read_jsonl(path)
+  path = f"{_WORKDIR.value}/{loop.RESULTS_FILE}"
+  rows = writers.read_jsonl(path)
   if not rows:
     raise FileNotFoundError(f"No results in {path}; run the sweep first.")
-  return sweep_plots.write_report(rows, f"{_WORKDIR.value}/{sweep.REPORT_DIR}")
+  return report.write_report(rows, f"{_WORKDIR.value}/{loop.REPORT_DIR}",
+                             loop.load_config(_WORKDIR.value))
 
 
 def main(argv: list[str]) -> None:
   def command():
     if _REPORT_ONLY.value:
       return _report_only()
-    return sweep.train_sweep(_CONFIG.value, _WORKDIR.value).report
+    grid = _GRID.value or list(_CONFIG.value.grid)
+    overridden = list(config_flags.get_override_values(flags.FLAGS["config"]))
+    return loop.train(_CONFIG.value, _WORKDIR.value, grid=grid, overridden=overridden).report
 
   print("\n".join(str(p) for p in cli.run_command(command, argv)))
 

@@ -129,7 +129,11 @@ def test_harness_compare_mode_reports_side_by_side_ratio(harness_run):
 
 
 def test_harness_runs_without_ml_collections_and_torch():
-  """An accelerator host may have only jax, flax, optax, chex, orbax and absl."""
+  """An accelerator host may have only jax, flax, optax, chex, orbax and absl.
+
+  Of the training package the harness loads the step, state and optimizer only (not the
+  config, loop or executor, which need ml_collections).
+  """
   blocked = ["ml_collections", "torch", "tensorflow_datasets", "tensorflow", "sklearn",
              "matplotlib", "h5py", "tensorboardX", "scipy"]
   code = (
@@ -141,13 +145,19 @@ def test_harness_runs_without_ml_collections_and_torch():
       "sys.argv = ['train_step', '--model=mlp_vae', '--batch_size=2', '--repeats=1',"
       " '--steps=1', '--warmup=0']\n"
       "runpy.run_module('experiments.benchmarks.train_step', run_name='__main__')\n"
+      "import json\n"
+      "print(json.dumps(sorted(m for m in sys.modules if m.startswith('vaejax.training.')"
+      " or m == 'vaejax.config')))\n"
   )
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=240, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  result = _last_json(proc.stdout)
+  *_, line, modules = proc.stdout.strip().splitlines()
+  result = json.loads(line)
   assert result["model"] == "mlp_vae" and result["images_per_sec"] > 0
+  assert json.loads(modules) == ["vaejax.training.optimizer", "vaejax.training.state",
+                                 "vaejax.training.step"]
 
 
 def test_harness_images_are_binary_dsprites_and_mnist():
@@ -248,21 +258,23 @@ def test_torch_twin_has_the_same_loss_and_gradients(name, shape):
 
 @needs_torch
 def test_torch_adam_matches_the_vaejax_optimizer():
+  """torch Adam(η) = the vaejax step's update: −η × ``make_optimizer()``'s direction."""
   import torch  # pylint: disable=g-import-not-at-top
 
   from experiments.benchmarks import torch_models  # pylint: disable=g-import-not-at-top
-  from vaejax import train_step  # pylint: disable=g-import-not-at-top
+  from vaejax.training.optimizer import make_optimizer  # pylint: disable=g-import-not-at-top
 
+  lr = 1e-2
   rng = np.random.default_rng(0)
   p0 = rng.normal(size=6).astype(np.float32)
   grads = [rng.normal(size=6).astype(np.float32) * s for s in (1.0, 1e-3, 1e-9)]
-  optimizer = train_step.make_optimizer(1e-2)
+  optimizer = make_optimizer()
   params, state = jnp.asarray(p0), optimizer.init(jnp.asarray(p0))
   tp = torch.nn.Parameter(torch.from_numpy(p0.copy()))
-  t_opt = torch_models.make_optimizer([tp], 1e-2)
+  t_opt = torch_models.make_optimizer([tp], lr)
   for g in grads:
-    updates, state = optimizer.update(jnp.asarray(g), state, params)
-    params = params + updates
+    direction, state = optimizer.update(jnp.asarray(g), state, params)
+    params = params - lr * direction
     tp.grad = torch.from_numpy(g)
     t_opt.step()
   np.testing.assert_allclose(tp.detach().numpy(), params, rtol=1e-5, atol=1e-7)

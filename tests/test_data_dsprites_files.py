@@ -179,13 +179,24 @@ def test_bad_metadata_sizes(tmp_path, rows):
 @pytest.mark.parametrize("content, match", [
     (b"PK\x03\x04 truncated zip", "Could not read"),
     (b"\x89HDF\r\n\x1a\n broken", "Could not read"),
-    (b"hello, not a dataset", "neither an npz"),
+    (b"hello, not a dataset", "corrupt.npz is not an npz file \\(nor HDF5\\): it holds plain text"),
 ])
 def test_corrupt_files(tmp_path, content, match):
   path = tmp_path / "corrupt.npz"
   path.write_bytes(content)
   with pytest.raises(ValueError, match=match):
     dsprites.load_deepmind_file(path)
+
+
+def test_text_file_named_npz(tmp_path):
+  path = tmp_path / "x.npz"
+  path.write_text("imgs latents_classes latents_values\n")
+  with pytest.raises(ValueError) as info:
+    data.load({"name": "dsprites", "path": str(path)})
+  message = str(info.value)
+  assert message.startswith(f"{path} is not an npz file"), message
+  assert "expected DeepMind's dSprites npz" in message and dsprites.DEEPMIND_FILENAME in message
+  assert "\n" not in message and "pickle" not in message
 
 
 def test_path_and_data_dir_together_is_an_error(files, tmp_path):

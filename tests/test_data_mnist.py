@@ -77,7 +77,12 @@ def test_synthetic_float_images_with_channel(tmp_path):
 @pytest.mark.parametrize("arrays, match", [
     ({"images": np.zeros((10, 28, 28), np.uint8)}, "missing keys \\['labels'\\]"),
     ({"images": np.zeros((10, 28, 28), np.uint8), "labels": np.zeros(9, int)}, "labels have"),
-    ({"images": np.zeros((10, 784), np.uint8), "labels": np.zeros(10, int)}, "expected \\(N, H, W\\)"),
+    ({"images": np.zeros((10, 784), np.uint8), "labels": np.zeros(10, int)},
+     "expected \\(N, H, W\\) or \\(N, H, W, 1\\)"),
+    ({"images": np.zeros((10, 28, 28, 3), np.uint8), "labels": np.zeros(10, int)},
+     "shape \\(10, 28, 28, 3\\), expected \\(N, H, W\\) or \\(N, H, W, 1\\)"),
+    ({"images": np.zeros((10, 0, 28), np.uint8), "labels": np.zeros(10, int)},
+     "shape \\(10, 0, 28\\), expected"),
     ({"images": np.full((10, 28, 28), 1.5), "labels": np.zeros(10, int)}, "must be in \\[0, 1\\]"),
     ({"images": np.full((10, 28, 28), np.nan), "labels": np.zeros(10, int)}, "finite; found NaN"),
     ({"images": np.full((10, 28, 28), 300), "labels": np.zeros(10, int)}, "0..255"),
@@ -95,6 +100,34 @@ def test_bad_test_fraction(tmp_path, fraction):
                 labels=np.zeros(10, int))
   with pytest.raises(ValueError, match="test_fraction"):
     data.load({"name": "mnist_npz", "path": path, "test_fraction": fraction})
+
+
+@pytest.mark.parametrize("shape", [(12, 32, 32), (12, 20, 24, 1)])
+def test_any_grey_image_size(tmp_path, shape):
+  images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  path = _write(tmp_path / "m.npz", images=images, labels=np.arange(12) % 10)
+  ds = data.load({"name": "mnist_npz", "path": path, "test_fraction": 0.25})
+  assert ds.image_shape == shape[1:3] + (1,)
+  batch = ds.get_batch("train", 0, 9, seed=0)
+  chex.assert_shape(batch["image"], (9,) + shape[1:3] + (1,))
+  assert {img.tobytes() for img in np.round(batch["image"] * 255).astype(np.uint8)} == {
+      img.reshape(shape[1:3] + (1,)).tobytes() for img in images[:9]}
+
+
+@pytest.mark.parametrize("content, kind", [
+    (b"images,labels\n0,1\n", "plain text"),
+    (b"\x93NUMPY\x01\x00v\x00{'descr': '|u1'", "a single .npy array"),
+    (b"", "an empty file"),
+])
+def test_not_an_npz_file(tmp_path, content, kind):
+  path = tmp_path / "x.npz"
+  path.write_bytes(content)
+  with pytest.raises(ValueError) as info:
+    data.load({"name": "mnist_npz", "path": str(path)})
+  message = str(info.value)
+  assert message.startswith(f"{path} is not an npz file: it holds {kind}"), message
+  assert "Expected an npz with 'images' (N, H, W) or (N, H, W, 1)" in message
+  assert "\n" not in message and "pickle" not in message
 
 
 def test_missing_and_corrupt_files(tmp_path):

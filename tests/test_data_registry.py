@@ -31,8 +31,8 @@ def _rows(batch) -> list[int]:
 
 
 def test_known_names():
-  assert {"dsprites_procedural", "dsprites", "mnist", "binarized_mnist",
-          "mnist_npz"} <= set(data.DATASETS)
+  assert {"dsprites_procedural", "dsprites", "mnist", "binarized_mnist", "mnist_npz",
+          "mnist_idx", "binarized_mnist_amat"} <= set(data.DATASETS)
 
 
 def test_unknown_name_lists_the_known_ones():

@@ -116,3 +116,21 @@ def test_registry_builds_it_and_bad_levels_raise():
   model, params, x = make()
   with pytest.raises(ValueError, match="Images must have shape"):
     model.apply({"params": params}, x[:, :4], rngs={"sample": jax.random.key(0)})
+
+
+def test_sample_prior_temperature():
+  model, params, _ = make()
+  params = jax.tree.map(lambda p: p + 0.05, params)  # non-zero prior heads
+  sample = jax.jit(lambda k, t: model.apply({"params": params}, 4, t, method="sample_prior",
+                                            rngs={"sample": k}))
+  z0a, lik0a = sample(jax.random.key(1), 0.0)
+  z0b, lik0b = sample(jax.random.key(2), 0.0)
+  chex.assert_trees_all_equal((z0a, lik0a), (z0b, lik0b))  # T = 0: the prior means
+  np.testing.assert_array_equal(z0a[:, 10:], 0.0)  # the top prior N(0, I) has mean 0
+  z1a, _ = sample(jax.random.key(1), 1.0)
+  z_half, _ = sample(jax.random.key(1), 0.5)
+  assert not np.allclose(z1a, z0a)
+  np.testing.assert_allclose(z_half[:, 10:], 0.5 * z1a[:, 10:], rtol=1e-6)  # top: z = T·ε
+  with pytest.raises(ValueError, match="temperature"):
+    model.apply({"params": params}, 2, float("nan"), method="sample_prior",
+                rngs={"sample": jax.random.key(0)})

@@ -1,16 +1,20 @@
 """VAE modules, networks and the model registry."""
 
+import functools
 import math
 
 import chex
 import flax
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from vaejax import objectives
+from vaejax import distributions, objectives
 from vaejax.models import MODELS, VAE, create_model, networks, register, registry
 
 MLP = {"name": "mlp_vae", "latent_dim": 3, "hidden_sizes": (16,)}
@@ -222,6 +226,7 @@ def test_vae_checks_the_decoder_output_shape():
     ({"likelihood": "poisson"}, "likelihood"),
     ({"likelihood_variance": 0.0}, "likelihood_variance"),
     ({"min_variance": -1.0}, "min_variance"),
+    ({"posterior_min_variance": -1.0}, "posterior_min_variance"),
     ({"num_classes": -1}, "num_classes"),
     ({"image_shape": (6, 5)}, "image_shape"),
 ])
@@ -245,6 +250,11 @@ def test_vae_bad_attributes_raise_at_construction(kwargs, match):
     ({"likelihood": "poisson"}, MNIST_SHAPE, None, "poisson"),
     ({"likelihood_variance": -1.0}, MNIST_SHAPE, None, "likelihood_variance"),
     ({"min_variance": 0.0}, MNIST_SHAPE, None, "min_variance"),
+    ({"posterior_min_variance": -1e-3}, MNIST_SHAPE, None, "posterior_min_variance.*>= 0"),
+    ({"posterior_min_variance": float("nan")}, MNIST_SHAPE, None, "posterior_min_variance"),
+    ({"posterior_min_variance": float("inf")}, MNIST_SHAPE, None, "posterior_min_variance"),
+    ({"posterior_min_variance": True}, MNIST_SHAPE, None, "posterior_min_variance"),
+    ({"posterior_min_variance": "1e-3"}, MNIST_SHAPE, None, "posterior_min_variance"),
     ({"conv_impl": "winograd"}, MNIST_SHAPE, None, "winograd"),
     ({"dtype": "float16"}, MNIST_SHAPE, None, "float16"),
     ({"name": "mlp_cvae"}, MNIST_SHAPE, None, "num_classes"),
@@ -262,13 +272,14 @@ def test_registry_accepts_config_dicts_and_shared_keys():
   config = ml_collections.ConfigDict({
       "name": "mlp_vae", "latent_dim": 4, "hidden_sizes": [16, 8], "likelihood": "bernoulli",
       "likelihood_variance": 1.0, "min_variance": 1e-3, "conv_impl": "textbook",
-      "dtype": "float32"})
+      "dtype": "float32", "posterior_min_variance": 1e-4})
   model = create_model(config, np.array([6, 5, 1]))  # conv_impl: known, unused by an MLP
   assert model.latent_dim == 4 and model.image_shape == (6, 5, 1)
+  assert model.posterior_min_variance == 1e-4
   assert model.encoder.hidden_sizes == (16, 8) and model.decoder.hidden_sizes == (8, 16)
   defaults = create_model({"name": "conv_vae"}, (64, 64, 1))
   assert defaults.latent_dim == 10 and defaults.encoder.conv_impl == "fast"
-  assert defaults.likelihood == "bernoulli"
+  assert defaults.likelihood == "bernoulli" and defaults.posterior_min_variance == 0.0
 
 
 def test_register_adds_a_model_with_extra_keys():
@@ -321,3 +332,107 @@ def test_bfloat16_model_has_float32_params_heads_and_loss(config, shape):
   logits16, logits32 = out16.likelihood["logits"], out32.likelihood["logits"]
   assert not np.array_equal(logits16, logits32)
   np.testing.assert_allclose(logits16, logits32, atol=0.05 * float(np.abs(logits32).max()))
+
+
+# ----------------------------------------------------------------------------- posterior floor
+
+
+@hypothesis.settings(deadline=None, max_examples=50)
+@hypothesis.given(
+    raw=hnp.arrays(np.float32, (16,), elements=st.floats(-30, 30, width=32)),
+    floor=st.floats(1e-6, 10.0))
+def test_soft_floor_never_goes_below_the_floor_and_keeps_gradients(raw, floor):
+  raw[:2] = (-30.0, 30.0)  # the extremes, every time
+  out = np.asarray(distributions.soft_floor_log_var(raw, floor))
+  log_floor = np.float32(math.log(floor))
+  assert np.all(out >= log_floor) and np.all(out >= raw)
+  assert np.all(np.exp(out.astype(np.float64)) >= floor * (1 - 1e-6))
+  # σ² = σ²_raw + floor, in float64.
+  np.testing.assert_allclose(out, np.log(np.exp(raw.astype(np.float64)) + floor), rtol=2e-6,
+                             atol=2e-6)
+  grads = np.asarray(jax.vmap(jax.grad(lambda r: distributions.soft_floor_log_var(r, floor)))(
+      jnp.asarray(raw)))
+  assert np.all(np.isfinite(grads)) and np.all((grads >= 0) & (grads <= 1))
+  np.testing.assert_allclose(grads, 1 / (1 + np.exp(-(raw.astype(np.float64) - math.log(floor)))),
+                             rtol=1e-5, atol=1e-7)
+  well_above = raw > math.log(floor) + 3
+  assert np.all(grads[well_above] > 0.95)  # sigmoid(3): gradients flow above the floor
+
+
+def test_soft_floor_off_bad_floors_and_fraction_at_floor():
+  raw = jnp.asarray([-30.0, -1.0, 0.0, 30.0])
+  chex.assert_trees_all_equal(distributions.soft_floor_log_var(raw, 0.0), raw)
+  for bad in (-1e-3, float("nan"), float("inf"), True, "0.1", None):
+    with pytest.raises(ValueError, match="min_variance must be a finite number >= 0"):
+      distributions.soft_floor_log_var(raw, bad)
+  # Raw variances 0.1 and 0.99 sit at a floor of 1 (it is at least half the variance);
+  # 1.01 and 5 do not.
+  floored = distributions.soft_floor_log_var(jnp.log(jnp.asarray([[0.1, 0.99, 1.01, 5.0]])), 1.0)
+  assert float(distributions.fraction_at_floor(floored, 1.0)) == 0.5
+  np.testing.assert_array_equal(distributions.fraction_at_floor(floored, 1.0, axis=0),
+                                [1.0, 1.0, 0.0, 0.0])
+  # A hard floor (clip_log_var) needs a small tolerance.
+  clipped = distributions.clip_log_var(jnp.log(jnp.asarray([0.1, 0.99, 1.01, 5.0])), 1.0)
+  assert float(distributions.fraction_at_floor(clipped, 1.0, tol=1e-6)) == 0.5
+  assert float(distributions.fraction_at_floor(floored, 0.0)) == 0.0  # no floor
+  with pytest.raises(ValueError, match="tol"):
+    distributions.fraction_at_floor(floored, 1.0, tol=-1.0)
+
+
+FLOOR = 0.3
+# XLA's backend optimisations off: the same results, about half the compile time on a CPU.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+HVAE = {"name": "hvae", "latent_sizes": (3, 2), "hidden_size": 16}
+
+
+def _floor_gradient_reference(raw_log_var, name):
+  """d Σ_b floored log σ² / d (bias of the raw log-variance head), from the raw values."""
+  sig = 1 / (1 + np.exp(-(np.asarray(raw_log_var, np.float64) - math.log(FLOOR))))
+  if name == "hvae":  # the top level: log σ² = floor(10 tanh(u / 10)), u = head output
+    return np.sum(sig * (1 - (np.asarray(raw_log_var, np.float64) / 10) ** 2), axis=0)
+  return np.sum(sig, axis=0)
+
+
+@pytest.mark.parametrize("config,num_classes", [
+    (MLP, None), ({**MLP, "name": "mlp_cvae"}, 3), (HVAE, None)])
+def test_posterior_min_variance_floors_the_encoder_and_zero_is_off(config, num_classes):
+  x = images(MNIST_SHAPE, batch=8)
+  labels = jnp.arange(8) % num_classes if num_classes else None
+  absent = create_model(config, MNIST_SHAPE, num_classes)
+  off = create_model({**config, "posterior_min_variance": 0.0}, MNIST_SHAPE, num_classes)
+  on = create_model({**config, "posterior_min_variance": FLOOR}, MNIST_SHAPE, num_classes)
+  variables = jax.tree.map(lambda p: 4 * p, random_params(absent, x[:1], None if labels is None
+                                                          else labels[:1]))
+  rngs = {"sample": jax.random.key(5)}
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def run(v):
+    outputs = [m.apply(v, x, labels, rngs=rngs) for m in (absent, off, on)]
+    encoded = [m.apply(v, x, labels, method="encode") for m in (absent, on)]
+    return outputs, encoded
+
+  (out_absent, out_off, out_on), ((mean, raw), (mean_on, floored)) = run(variables)
+  # 0 = off: every output bit-identical to the model without the key.
+  chex.assert_trees_all_equal(out_off, out_absent)
+  # On: no posterior variance below the floor, means untouched, σ² = σ²_raw + floor.
+  assert np.min(raw) < math.log(FLOOR) < np.max(raw)  # the floor is exercised
+  assert np.min(floored) >= np.float32(math.log(FLOOR))
+  assert np.min(out_on.log_var) >= np.float32(math.log(FLOOR))
+  chex.assert_trees_all_equal(mean_on, mean)
+  np.testing.assert_allclose(floored, np.logaddexp(raw, math.log(FLOOR)), rtol=1e-6, atol=1e-6)
+  # Gradients flow through the floor: d Σ log σ² / d (log-variance head bias) is the sum of
+  # sigmoid(raw − log floor) (times the soft clamp's slope for the hierarchical model).
+  if config["name"] == "hvae":
+    path, top = ("posterior_1", "log_var", "bias"), slice(3, 5)
+  else:
+    path, top = ("encoder", "heads", "log_var", "bias"), slice(None)
+
+  def total_log_var(params):
+    return jnp.sum(on.apply({"params": params}, x, labels, method="encode")[1])
+
+  grads = jax.jit(jax.grad(total_log_var), compiler_options=FAST_COMPILE)(variables["params"])
+  for name in path:
+    grads = grads[name]
+  reference = _floor_gradient_reference(raw[:, top], config["name"])
+  np.testing.assert_allclose(grads, reference, rtol=1e-4, atol=1e-6)
+  assert np.all(np.asarray(grads)[np.asarray(raw[:, top]).min(0) > math.log(FLOOR) + 1] > 0.5)

@@ -1,18 +1,28 @@
-"""The bridge from a trained VAE to the disentanglement metrics (vaejax.evaluation.representation)."""
+"""The bridge from a trained VAE to the disentanglement metrics.
+
+:mod:`vaejax.evaluation.representation` (the encoder mean as a representation function,
+the metric presets) against computations written here, then the ``disentanglement``
+evaluator of the training loop on a tiny sweep over a fake ground truth: its
+``disentanglement.json`` per model, its cache, and its refusals before compiling.
+"""
 
 import json
+import shutil
+from pathlib import Path
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from vaejax import checkpointing, models, train
+from vaejax import config as config_lib
+from vaejax import data, models
 from vaejax.evaluation import disentanglement
+from vaejax.evaluation import evaluators
 from vaejax.evaluation import representation as rep
+from vaejax.training import checkpoint, loop, writers
 
 SIZE = 16
 SHAPE = (SIZE, SIZE, 1)
@@ -175,85 +185,160 @@ def test_describe_preset_names_the_counts():
   assert "BetaVAE 500/250" in text and "MIG 5000" in text and "DCI 3000/1500" in text
 
 
-# ----------------------------------------------------------------------------- evaluate_run
+# ----------------------------------------------------------------------------- the evaluator
 
 
-class FakeDataset:
-  name = "blocks"
-  image_shape = SHAPE
-  num_classes = None
-  ground_truth = BlockGroundTruth()
+def block_dataset(ground_truth=True, num_classes=None):
+  """Every factor combination three times (48 images) in train and test, like a tiny
+  dSprites file; with ``ground_truth`` the metrics can draw from :class:`BlockGroundTruth`."""
+  gt = BlockGroundTruth()
+  factors = np.stack(np.meshgrid(range(4), range(4), indexing="ij"), -1).reshape(16, 2)
+  factors = np.concatenate([factors] * 3)
+  images = gt.sample_observations_from_factors(factors, None)
+  labels = factors[:, 0].astype(np.int32) if num_classes else None
+  split = data.SplitArrays(images, 1.0, labels=labels, factors=factors, binary=True)
+  return data.ArrayDataset("blocks", {"train": split, "test": split}, image_shape=SHAPE,
+                           num_classes=num_classes, ground_truth=gt if ground_truth else None)
 
 
-def _run_config(**disentanglement):
-  config = ml_collections.ConfigDict({
-      "seed": 0, "learning_rate": 1e-3,
-      "model": {"name": "mlp_vae", "hidden_sizes": (8,), "latent_dim": 3},
-      "optimizer": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "warmup_steps": 0,
-                    "grad_clip_norm": 0.0, "max_consecutive_skips": 10},
-  })
-  if disentanglement:
-    config.disentanglement = rep.disentanglement_config(**disentanglement)
+METRICS = ("mig",)
+DIS_SEED = 2
+
+
+def tiny_config():
+  config = config_lib.base_config()
+  config.model.update({"name": "mlp_vae", "hidden_sizes": (8,), "latent_dim": 3})
+  config.data.name = "dsprites"  # nominal: the tests pass the dataset in
+  config.num_steps, config.batch_size, config.learning_rate = 4, 8, 1e-2
+  config.log_every, config.checkpoint_every = 2, 2
+  config.eval.num_batches, config.eval.batch_size = 1, 16
+  config.evals.elbo.every, config.evals.elbo.at_end = 0, False
+  config.evals.figures.at_end = False
+  config.evals.disentanglement.update(
+      {"at_end": True, "preset": "test", "seed": DIS_SEED, "metrics": METRICS})
   return config
 
 
 @pytest.fixture(scope="module")
-def saved_run(tmp_path_factory):
-  """A run directory whose checkpoint (step 7) holds parameters unlike a fresh init."""
-  workdir = tmp_path_factory.mktemp("run")
-  config = _run_config()
-  model = models.create_model(config.model, SHAPE)
-  state = train.create_train_state(model, train.optimizer_from_config(config), 0, SHAPE)
-  state = state.replace(params=jax.tree.map(lambda p: p + 0.5, state.params),
-                        step=jnp.asarray(7, jnp.int32))
-  with checkpointing.Checkpointer(workdir / checkpointing.CHECKPOINT_DIR) as ckpt:
-    ckpt.save(7, state, {"step": 7})
-  return workdir, model, state.params
+def trained(tmp_path_factory):
+  """Two models (seeds 0 and 1), scored at their last step (4; checkpoints at 2 and 4)."""
+  workdir = tmp_path_factory.mktemp("sweep")
+  loop.train(tiny_config(), workdir, grid=["seed=0,1"], dataset=block_dataset(),
+             progress=False, write_report=False)
+  return workdir
 
 
-def test_evaluate_run_scores_the_newest_checkpoint_and_caches(saved_run, monkeypatch):
-  workdir, model, params = saved_run
-  config = _run_config(preset="test", seed=2)
-  result = rep.evaluate_run(config, workdir, dataset=FakeDataset(), metrics=("mig",),
-                            force=True)
-  expected = rep.evaluate_disentanglement(model, params, BlockGroundTruth(), seed=2,
-                                          preset="test", metrics=("mig",))
-  assert (result["step"], result["preset"], result["seed"]) == (7, "test", 2)
-  chex.assert_trees_all_close(result["scores"], expected)
-  on_disk = json.loads((workdir / rep.RESULTS_FILE).read_text())
-  assert on_disk["scores"] == result["scores"] and on_disk["data"] == "blocks"
-
-  def fail(*args, **kwargs):
-    raise AssertionError("recomputed")
-
-  monkeypatch.setattr(rep, "evaluate_disentanglement", fail)
-  again = rep.evaluate_run(config, workdir, dataset=FakeDataset(), metrics=("mig",))
-  assert again == result  # up to date: read back, not recomputed
-  with pytest.raises(AssertionError, match="recomputed"):  # another seed: recomputed
-    rep.evaluate_run(config, workdir, dataset=FakeDataset(), metrics=("mig",), seed=5)
+def model_params(workdir, index):
+  """Model ``index``'s parameters from the newest checkpoint on disk."""
+  state, _, step = checkpoint.restore_state(Path(workdir) / checkpoint.CHECKPOINT_DIR)
+  assert step == 4
+  return jax.tree.map(lambda x: np.asarray(x)[index], state["models"]["params"])
 
 
-def test_evaluate_run_takes_explicit_params(saved_run, tmp_path):
-  params = saved_run[2]
-  result = rep.evaluate_run(_run_config(), tmp_path, dataset=FakeDataset(), params=params,
-                            step=3, preset="test", metrics=("mig",))
-  assert result["step"] == 3 and (tmp_path / rep.RESULTS_FILE).exists()
+def scores_file(workdir, index):
+  return Path(workdir) / "models" / f"m{index:03d}" / "disentanglement.json"
 
 
-def test_evaluate_run_errors(tmp_path, saved_run):
-  config = _run_config(preset="test")
-  with pytest.raises(FileNotFoundError, match="No checkpoints in .*: train the run first"):
-    rep.evaluate_run(config, tmp_path / "empty", dataset=FakeDataset())
+def test_each_model_is_scored_from_the_newest_checkpoint(trained):
+  model = models.create_model(tiny_config().model, SHAPE)
+  with checkpoint.Checkpointer(trained / checkpoint.CHECKPOINT_DIR) as ckpt:
+    assert ckpt.all_steps() == [2, 4]
+  results = writers.read_jsonl(trained / loop.RESULTS_FILE)
+  for m in range(2):
+    saved = json.loads(scores_file(trained, m).read_text())
+    assert (saved["step"], saved["preset"], saved["seed"], saved["metrics"]) == (
+        4, "test", DIS_SEED, list(METRICS))
+    assert saved["data"] == "blocks"
+    assert saved["preset_description"] == rep.describe_preset("test")
+    assert saved["sample_counts"] == {"mig": {"num_train": 200}}
+    expected = rep.evaluate_disentanglement(model, model_params(trained, m), BlockGroundTruth(),
+                                            seed=DIS_SEED, preset="test", metrics=METRICS)
+    assert saved["scores"].keys() == expected.keys()
+    chex.assert_trees_all_close(saved["scores"], expected, atol=1e-6)
+    # The loop logs the scores under the evaluator's name.
+    assert results[m]["disentanglement/mig/discrete_mig"] == saved["scores"]["mig/discrete_mig"]
+  assert not (trained / "disentanglement.json").exists()  # a sweep: per model only
 
-  class NoFactors(FakeDataset):
-    ground_truth = None
 
-  with pytest.raises(ValueError, match="'blocks' has no ground-truth factors"):
-    rep.evaluate_run(config, saved_run[0], dataset=NoFactors())
-  with pytest.raises(ValueError, match="Pass params and step together"):
-    rep.evaluate_run(config, tmp_path, dataset=FakeDataset(), params=saved_run[2])
-  with pytest.raises(ValueError, match="disentanglement seed must be an int >= 0, got -1"):
-    rep.evaluate_run(config, saved_run[0], dataset=FakeDataset(), seed=-1)
-  config.model.latent_dim = 4
-  with pytest.raises(ValueError, match="parameters of another architecture than config.model"):
-    rep.evaluate_run(config, saved_run[0], dataset=FakeDataset(), force=True)
+@pytest.fixture
+def counted(monkeypatch):
+  """Replaces evaluate_disentanglement by a fake that records its calls."""
+  calls = []
+
+  def fake(model, params, ground_truth, seed=0, preset="dlib", *, metrics=None, **kwargs):
+    del model, ground_truth, kwargs
+    calls.append({"params": params, "seed": seed, "preset": preset, "metrics": tuple(metrics)})
+    return {"mig/discrete_mig": 0.5}
+
+  monkeypatch.setattr(rep, "evaluate_disentanglement", fake)
+  return calls
+
+
+@pytest.fixture
+def workdir(trained, tmp_path):
+  """A copy of the trained sweep that a test may change."""
+  shutil.copytree(trained, tmp_path / "w")
+  return tmp_path / "w"
+
+
+def test_an_up_to_date_file_is_reused(workdir, counted):
+  before = [scores_file(workdir, m).read_text() for m in range(2)]
+  results = loop.evaluate_workdir(workdir, ["disentanglement"], dataset=block_dataset())
+  assert counted == []
+  assert [r["disentanglement"] for r in results] == [json.loads(b)["scores"] for b in before]
+  assert [r["step"] for r in results] == [4, 4]
+  assert [scores_file(workdir, m).read_text() for m in range(2)] == before
+
+
+@pytest.mark.parametrize("change,overrides,stale", [
+    ("step", None, [1]),  # model 1's file is from an older checkpoint
+    ("seed", {"seed": 5}, [0, 1]),
+    ("preset", {"preset": "cpu"}, [0, 1]),
+    ("metrics", {"metrics": ("mig", "sap")}, [0, 1]),
+])
+def test_a_file_from_another_step_or_settings_is_recomputed(workdir, counted, change, overrides,
+                                                            stale):
+  if change == "step":
+    path = scores_file(workdir, 1)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "step": 2}))
+  results = loop.evaluate_workdir(workdir, ["disentanglement"], dataset=block_dataset(),
+                                  overrides=None if overrides is None
+                                  else {"disentanglement": overrides})
+  assert len(counted) == len(stale)
+  settings = {"seed": DIS_SEED, "preset": "test", "metrics": METRICS}
+  settings.update({k: tuple(v) if k == "metrics" else v for k, v in (overrides or {}).items()})
+  for call, m in zip(counted, stale):
+    assert {k: call[k] for k in settings} == settings
+    chex.assert_trees_all_equal(call["params"], model_params(workdir, m))  # its own model
+    saved = json.loads(scores_file(workdir, m).read_text())
+    assert saved["scores"] == {"mig/discrete_mig": 0.5} and saved["step"] == 4
+    assert (saved["seed"], saved["preset"], saved["metrics"]) == (
+        settings["seed"], settings["preset"], list(settings["metrics"]))
+    assert results[m]["disentanglement"] == {"mig/discrete_mig": 0.5}
+
+
+@pytest.mark.parametrize("model,dataset,match", [
+    ("mlp_vae", lambda: block_dataset(ground_truth=False),
+     r"evals.disentanglement \(disentanglement\) needs a dataset with ground-truth factors "
+     r"\(dsprites, dsprites_procedural\); 'blocks' has none"),
+    ("mlp_cvae", lambda: block_dataset(num_classes=4),
+     r"encodes observations without labels; model 'mlp_cvae' is conditional"),
+], ids=["no ground truth", "conditional"])
+def test_the_evaluator_refuses_before_compiling(model, dataset, match, tmp_path, no_compiling):
+  config = tiny_config()
+  config.model.name = model
+  with pytest.raises(evaluators.EvaluationError, match=match) as info:
+    loop.train(config, tmp_path / "w", grid=["seed=0,1"], dataset=dataset(), progress=False)
+  assert "\n" not in str(info.value)
+  assert not (tmp_path / "w").exists()
+
+
+def test_evaluating_a_run_on_data_without_ground_truth_is_refused(workdir, no_compiling):
+  saved = json.loads((workdir / loop.CONFIG_FILE).read_text())
+  saved["evals"]["disentanglement"]["at_end"] = False  # not scored during training
+  (workdir / loop.CONFIG_FILE).write_text(json.dumps(saved))
+  for m in range(2):
+    scores_file(workdir, m).unlink()
+  with pytest.raises(evaluators.EvaluationError, match="ground-truth factors"):
+    loop.evaluate_workdir(workdir, ["disentanglement"],
+                          dataset=block_dataset(ground_truth=False))

@@ -11,7 +11,7 @@ from pathlib import Path
 import chex
 import pytest
 
-from vaejax import checkpointing, logging_utils
+from vaejax.training import checkpoint, writers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,10 +26,11 @@ OVERRIDES = (
     f"--config.num_steps={NUM_STEPS}",
     "--config.log_every=1",
     f"--config.checkpoint_every={CHECKPOINT_EVERY}",
-    "--config.eval_every=100",
+    "--config.evals.elbo.every=100",
     "--config.eval.num_batches=1",
     "--config.eval.batch_size=16",
-    "--config.figures.enabled=false",
+    "--config.evals.figures.at_end=false",
+    "--config.evals.disentanglement.at_end=false",
 )
 
 
@@ -48,7 +49,7 @@ def _start(workdir: Path, cache_dir: Path) -> subprocess.Popen:
 
 
 def _finished_checkpoints(workdir: Path) -> list[int]:
-  directory = workdir / checkpointing.CHECKPOINT_DIR
+  directory = workdir / checkpoint.CHECKPOINT_DIR
   if not directory.exists():
     return []
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
@@ -58,6 +59,7 @@ def _without_timing(rows):
   return [{k: v for k, v in row.items() if k != "steps_per_sec"} for row in rows]
 
 
+@pytest.mark.slow  # a kill at a random moment; tests/test_recovery.py kills at fixed points in CI
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
   cache = tmp_path / "jax_cache"
   reference, killed = tmp_path / "reference", tmp_path / "killed"
@@ -73,7 +75,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   proc.wait()
   assert proc.returncode == -signal.SIGKILL
   at_kill = _finished_checkpoints(killed)
-  rows_at_kill = logging_utils.read_jsonl(killed / logging_utils.METRICS_FILE)
+  rows_at_kill = writers.read_jsonl(killed / writers.METRICS_FILE)
   assert at_kill[-1] < NUM_STEPS, "the run finished before it was killed; the test is void"
 
   _, err = ref_proc.communicate(timeout=300)
@@ -83,21 +85,21 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
   assert resumed.returncode == 0, err[-2000:]
   assert f"Resumed from step {at_kill[-1]}" in err
 
-  expected = logging_utils.read_jsonl(reference / logging_utils.METRICS_FILE)
-  got = logging_utils.read_jsonl(killed / logging_utils.METRICS_FILE)
+  expected = writers.read_jsonl(reference / writers.METRICS_FILE)
+  got = writers.read_jsonl(killed / writers.METRICS_FILE)
   assert [r["step"] for r in expected] == list(range(1, NUM_STEPS + 1))
   # Bit-identical: JSON floats round-trip float32 values exactly.
   assert _without_timing(got) == _without_timing(expected)
   assert [r["loss"] for r in got] == [r["loss"] for r in expected]
   assert "eval/elbo" in got[99] and "eval/active_units" in got[99]
 
-  # Same final parameters and optimizer state, bit for bit.
-  with checkpointing.Checkpointer(reference / checkpointing.CHECKPOINT_DIR) as a, \
-       checkpointing.Checkpointer(killed / checkpointing.CHECKPOINT_DIR) as b:
-    state_a, meta_a = a.restore(NUM_STEPS)
-    state_b, meta_b = b.restore(NUM_STEPS)
+  # Same final parameters, optimizer state, keys and counters, bit for bit.
+  state_a, meta_a, step_a = checkpoint.restore_state(reference / checkpoint.CHECKPOINT_DIR)
+  state_b, meta_b, step_b = checkpoint.restore_state(killed / checkpoint.CHECKPOINT_DIR)
+  assert step_a == step_b == NUM_STEPS
   chex.assert_trees_all_equal(state_a, state_b)
   assert meta_a["data_position"] == meta_b["data_position"] == NUM_STEPS
+  assert meta_a["points"] == meta_b["points"] == [{}]
   # The killed run had logged past its last checkpoint; those rows were replaced.
   print(f"killed at checkpoint {at_kill[-1]} with {len(rows_at_kill)} rows logged")
 
@@ -106,8 +108,17 @@ def test_truncate_jsonl_keeps_complete_rows_up_to_step(tmp_path):
   path = tmp_path / "metrics.jsonl"
   rows = [{"step": s, "loss": float(s) / 3} for s in range(1, 6)]
   path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 6, "lo')
-  assert logging_utils.read_jsonl(path) == rows  # the torn last line is skipped
-  assert logging_utils.truncate_jsonl(path, 3) == 3
-  assert logging_utils.read_jsonl(path) == rows[:3]
+  assert writers.read_jsonl(path) == rows  # the torn last line is skipped
+  assert writers.truncate_jsonl(path, 3) == 3
+  assert writers.read_jsonl(path) == rows[:3]
   assert path.read_text().endswith("\n")
-  assert logging_utils.truncate_jsonl(tmp_path / "absent.jsonl", 3) == 0
+  assert writers.truncate_jsonl(tmp_path / "absent.jsonl", 3) == 0
+
+
+def test_truncate_jsonl_drops_only_the_rows_it_owns(tmp_path):
+  """A resumed group of a sweep drops its own rows past its checkpoint, not the others'."""
+  path = tmp_path / "metrics.jsonl"
+  rows = [{"group": g, "step": s} for g in (0, 1) for s in (2, 4, 6)]
+  writers.write_jsonl(path, rows)
+  assert writers.truncate_jsonl(path, 3, owns=lambda row: row["group"] == 1) == 4
+  assert writers.read_jsonl(path) == rows[:3] + [{"group": 1, "step": 2}]

@@ -1,4 +1,4 @@
-"""Sweeps on a device mesh: 8 CPU devices give the numbers of one device.
+"""Stacks of models on a device mesh: 8 CPU devices give the numbers of one device.
 
 JAX fixes its device count when it starts, so the checks run in a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (this file is that subprocess's
@@ -16,45 +16,50 @@ import jax
 import numpy as np
 import pytest
 
-from vaejax import sharding
+from vaejax.training import mesh as mesh_lib
+
+import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = 8
+IMAGE_SHAPE = (6, 6, 1)
+GRID = ["loss.beta=0.5,4", "seed=0,5"]  # 4 models in one program
 
 
-def _executor_run(parts, specs, mesh, chunk_size, batch_fn, steps):
-  """Final params and losses after ``steps`` steps of an executor."""
-  from vaejax import sweep  # pylint: disable=g-import-not-at-top
+def _config(model_devices=1, data_devices=1, **top_level):
+  from vaejax.config import base_config  # pylint: disable=g-import-not-at-top
 
-  step_fn, init = parts
-  executor = sweep.SweepExecutor(step_fn, [s.seed for s in specs], sweep.settings_arrays(specs),
-                                 chunk_size=chunk_size, max_consecutive_skips=3,
-                                 batch_fn=batch_fn, mesh=mesh)
-  executor.load(init)
-  for _ in range(steps):
-    metrics = executor.step()
-  return executor.gather().models.params, executor.fetch(metrics)["loss"]
+  config = base_config()
+  config.model.update({"name": "mlp_vae", "hidden_sizes": (16,), "latent_dim": 3})
+  config.data.name = "mnist_npz"  # nominal: the dataset is passed in
+  config.learning_rate = 1e-2
+  config.num_steps, config.batch_size = 6, 8
+  config.log_every, config.checkpoint_every = 2, 3
+  config.evals.elbo.every = 0  # at the end
+  config.eval.num_batches, config.eval.batch_size = 1, 16
+  config.evals.figures.at_end = False
+  config.execution.strategy = "vmap"
+  config.execution.model_devices, config.execution.data_devices = model_devices, data_devices
+  for key, value in top_level.items():
+    config[key] = value
+  return config
 
 
 def _max_diff(a, b):
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def _errors() -> dict:
-  import test_sweep as ts  # pylint: disable=g-import-not-at-top
+  from vaejax.training import loop  # pylint: disable=g-import-not-at-top
 
-  from vaejax import sweep  # pylint: disable=g-import-not-at-top
-
-  def sweep_on_mesh(model_devices, data_devices, **config_kwargs):
-    config = ts.tiny_config(**config_kwargs)
-    config.sweep.strategy = "vmap"
-    config.sweep.model_devices, config.sweep.data_devices = model_devices, data_devices
-    sweep.train_sweep(config, tempfile.mkdtemp(), dataset=ts.tiny_dataset())
+  def sweep_on_mesh(model_devices, data_devices, grid=GRID, **top_level):
+    loop.train(_config(model_devices, data_devices, **top_level), tempfile.mkdtemp(), grid=grid,
+               dataset=tiny.sampled_dataset(0), progress=False, write_report=False)
 
   calls = {
-      "too_many_devices": lambda: sharding.make_mesh(16, 1),
-      "models": lambda: sweep_on_mesh(2, 1, grid={"beta": (1.0, 2.0, 4.0)}, seeds=(0,)),
+      "too_many_devices": lambda: mesh_lib.make_mesh(16, 1),
+      "models": lambda: sweep_on_mesh(2, 1, grid=["loss.beta=1,2,4"]),
       "batch": lambda: sweep_on_mesh(1, 4, batch_size=6),
   }
   out = {}
@@ -69,35 +74,30 @@ def _errors() -> dict:
 
 def main() -> None:
   """Runs in the 8-device subprocess; prints one JSON object of measurements."""
-  sys.path.insert(0, str(ROOT / "tests"))
   sys.path.insert(0, str(ROOT))
-  import test_sweep as ts  # pylint: disable=g-import-not-at-top
-
-  from vaejax import data, models, sweep, train  # pylint: disable=g-import-not-at-top
+  from vaejax import models, objectives  # pylint: disable=g-import-not-at-top
+  from vaejax.training import loop  # pylint: disable=g-import-not-at-top
+  from vaejax.training.executor import Executor  # pylint: disable=g-import-not-at-top
+  from vaejax.training.optimizer import make_optimizer  # pylint: disable=g-import-not-at-top
+  from vaejax.training.state import init_stack  # pylint: disable=g-import-not-at-top
+  from vaejax.training.step import (  # pylint: disable=g-import-not-at-top
+      Hyperparams, make_train_step, stack_hyperparams)
 
   out = {"devices": jax.device_count(), "errors": _errors()}
-  specs = sweep.make_grid({"beta": (0.5, 4.0)}, seeds=(0, 5))  # the 4 models of tiny_config
-  model = models.create_model({"name": "mlp_vae", "latent_dim": 3, "hidden_sizes": (16,)},
-                              ts.IMAGE_SHAPE)
-  optimizer = train.make_optimizer(ts.LR)
-  parts = (train.make_train_step(model, optimizer),
-           sweep.init_state(model, optimizer, [s.seed for s in specs], ts.IMAGE_SHAPE))
-  sampled = ts.SampledTiny("sampled", {"train": data.SplitArrays(
-      np.zeros((8, *ts.IMAGE_SHAPE)))}, image_shape=ts.IMAGE_SHAPE)
-
-  def batch_fn(seed, step):
-    return train.make_batch_fn(sampled, ts.BATCH, seed)(step)
-
-  # The one-device reference of the sharded runner below: 6 steps, in-program batches.
-  reference = _executor_run(parts, specs, None, 4, batch_fn, 6)
 
   # Placement (no compile): models over the model axis; one-model programs replicated
   # over the data axis with their batch split.
+  model = models.create_model({"name": "mlp_vae", "latent_dim": 3, "hidden_sizes": (16,)},
+                              IMAGE_SHAPE)
+  optimizer = make_optimizer()
+  seeds = [0, 5, 1, 7]
+  init = init_stack(model, optimizer, seeds, IMAGE_SHAPE)
+  hyper = stack_hyperparams([Hyperparams(objectives.LossSettings(), 1e-2, 0)] * 4)
+  step_fn = make_train_step(model, optimizer)
   for name, (m, d, chunk) in {"model_axis": (4, 1, 4), "data_axis_sequential": (1, 2, 1)}.items():
-    executor = sweep.SweepExecutor(parts[0], [s.seed for s in specs],
-                                   sweep.settings_arrays(specs), chunk_size=chunk,
-                                   max_consecutive_skips=3, mesh=sharding.make_mesh(m, d))
-    executor.load(parts[1])
+    executor = Executor(step_fn, seeds, hyper, chunk_size=chunk, max_consecutive_skips=3,
+                        mesh=mesh_lib.make_mesh(m, d))
+    executor.load(init)
     leaves = jax.tree.leaves(executor.chunk_states[0].models)
     out[name] = {"state": sorted({str(x.sharding.spec) for x in leaves}),
                  "devices": len(leaves[0].sharding.device_set),
@@ -105,19 +105,23 @@ def main() -> None:
                  "per_device_models": leaves[0].addressable_shards[0].data.shape[0]
                  if chunk > 1 else 1}
 
-  # The runner on a (2 model × 2 data) mesh, checkpointing and evaluating sharded states,
-  # against the one-device executor run of the same 4 models.
-  config = ts.tiny_config(num_steps=6, checkpoint_every=3, eval_every=6)
-  config.sweep.strategy = "vmap"
-  config.sweep.model_devices, config.sweep.data_devices = 2, 2
-  with tempfile.TemporaryDirectory() as workdir:
-    result = sweep.train_sweep(config, workdir, dataset=sampled, write_report=False)
-    checkpoints = sorted(p.name for p in (Path(workdir) / "checkpoints").iterdir())
-  out["runner"] = {
-      "params": _max_diff(result.state.models.params, reference[0]),
-      "loss": _max_diff(np.asarray([r["loss"] for r in result.rows]), reference[1]),
-      "eval_elbo_finite": all(np.isfinite(r["eval/elbo"]) for r in result.rows),
-      "steps": [int(s) for s in result.state.models.step],
+  # The loop on a (2 model × 2 data) mesh, checkpointing and evaluating sharded states,
+  # against the same sweep on one device.
+  runs = {}
+  for name, (m, d) in {"one_device": (1, 1), "mesh": (2, 2)}.items():
+    with tempfile.TemporaryDirectory() as workdir:
+      result = loop.train(_config(m, d), workdir, grid=GRID, dataset=tiny.sampled_dataset(0),
+                          progress=False, write_report=False)
+      checkpoints = sorted(p.name for p in (Path(workdir) / "checkpoints").iterdir())
+    runs[name] = (result, checkpoints)
+  (one, _), (sharded, checkpoints) = runs["one_device"], runs["mesh"]
+  out["loop"] = {
+      "params": _max_diff(sharded.states[0].models.params, one.states[0].models.params),
+      "loss": _max_diff([r["loss"] for r in sharded.rows], [r["loss"] for r in one.rows]),
+      "eval_elbo": _max_diff([r["eval/elbo"] for r in sharded.rows],
+                             [r["eval/elbo"] for r in one.rows]),
+      "points": sharded.points == one.points,
+      "steps": [int(s) for s in sharded.states[0].models.step],
       "checkpoints": checkpoints,
   }
   print("RESULT " + json.dumps(out))
@@ -150,12 +154,12 @@ def test_single_model_programs_replicate_state_and_split_the_batch(eight_devices
                   "per_device_models": 1}
 
 
-def test_sharded_runner_checkpoints_and_matches_one_device(eight_devices):
+def test_sharded_loop_checkpoints_and_matches_one_device(eight_devices):
   # Model and data axes (2 × 2): splitting a batch over devices reorders the sums of its
   # gradient (an all-reduce), so the numbers match one device up to rounding.
-  runner = eight_devices["runner"]
-  assert runner["steps"] == [6, 6, 6, 6] and runner["checkpoints"] == ["3", "6"]
-  assert runner["params"] < 1e-5 and runner["loss"] < 1e-3 and runner["eval_elbo_finite"]
+  run = eight_devices["loop"]
+  assert run["steps"] == [6, 6, 6, 6] and run["checkpoints"] == ["3", "6"] and run["points"]
+  assert run["params"] < 1e-5 and run["loss"] < 1e-3 and run["eval_elbo"] < 1e-3
 
 
 @pytest.mark.parametrize("name, fragment", [
@@ -169,12 +173,15 @@ def test_mesh_errors_are_clear(eight_devices, name, fragment):
 
 def test_one_device_mesh_errors_name_the_fix():
   with pytest.raises(ValueError, match="xla_force_host_platform_device_count"):
-    sharding.make_mesh(jax.device_count() + 1, 1)
+    mesh_lib.make_mesh(jax.device_count() + 1, 1)
   with pytest.raises(ValueError, match="cannot both be 0"):
-    sharding.make_mesh(0, 0)
-  mesh = sharding.make_mesh(0, 1)
+    mesh_lib.make_mesh(0, 0)
+  with pytest.raises(ValueError, match="must be an int >= 0"):
+    mesh_lib.make_mesh(-1, 1)
+  mesh = mesh_lib.make_mesh(0, 1)
   assert mesh.shape == {"model": jax.device_count(), "data": 1}
-  sharding.check_divisible(None, models_per_program=3, batch_size=5)  # no mesh: no check
+  assert mesh_lib.axis_size(None, mesh_lib.MODEL_AXIS) == 1
+  mesh_lib.check_divisible(None, models_per_program=3, batch_size=5)  # no mesh: no check
 
 
 if __name__ == "__main__":

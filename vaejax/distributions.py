@@ -146,6 +146,86 @@ def clip_log_var(log_var: ArrayLike, min_variance: float) -> Array:
   return jnp.maximum(jnp.asarray(log_var), math.log(min_variance))
 
 
+def soft_floor_log_var(log_var: ArrayLike, min_variance: float) -> Array:
+  r"""Floors a variance smoothly: :math:`\sigma^2 = \sigma^2_{\text{raw}} + v_{\min}`, in logs.
+
+  .. math:: \log\sigma^2 = \operatorname{logaddexp}(\ell, \log v_{\min}),\qquad
+            \partial \log\sigma^2 / \partial \ell = \operatorname{sigmoid}(\ell - \log v_{\min}),
+
+  with :math:`\ell` the raw log-variance. The result is never below :math:`\log v_{\min}`
+  (``logaddexp`` is at least its larger argument) and exceeds :math:`\ell` by
+  :math:`\log(1 + v_{\min}/\sigma^2_{\text{raw}}) \le v_{\min}/\sigma^2_{\text{raw}}`,
+  negligible well above the floor. Why smooth: the gradient decays gradually through the
+  floor (½ at :math:`\ell = \log v_{\min}`) instead of dropping to 0 as
+  :func:`clip_log_var`'s does, so a posterior variance pushed down to the floor still gets
+  a signal to come back. Used for the posterior variance floor (``posterior_min_variance``)
+  of the models.
+
+  Args:
+    log_var: raw log-variances, any shape.
+    min_variance: the floor :math:`v_{\min} \ge 0` (a Python number); 0 = off, the input
+      is returned unchanged.
+
+  Raises:
+    ValueError: ``min_variance`` is not a finite number ≥ 0.
+  """
+  check_min_variance_floor(min_variance, "min_variance")
+  log_var = jnp.asarray(log_var)
+  if min_variance == 0:
+    return log_var
+  return jnp.logaddexp(log_var, jnp.asarray(math.log(min_variance), log_var.dtype))
+
+
+def check_min_variance_floor(value: Any, name: str) -> None:
+  """Raises a ValueError naming ``name`` unless ``value`` is a finite number ≥ 0 (0 = off)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or (
+      not (math.isfinite(value) and value >= 0)
+  ):
+    raise ValueError(f"{name} must be a finite number >= 0 (0 = no floor), got {value!r}.")
+
+
+# log σ² − log v_min ≤ log 2 ⟺ σ²_raw ≤ v_min under soft_floor_log_var: the floor is at least
+# half of the variance.
+FLOOR_TOLERANCE = math.log(2.0)
+
+
+def fraction_at_floor(
+    log_var: ArrayLike, min_variance: float, tol: float = FLOOR_TOLERANCE, axis: Any = None
+) -> Array:
+  r"""The fraction of posterior dimensions whose variance sits at the floor.
+
+  .. math:: \frac{1}{n}\sum_i \mathbf{1}\left[\log\sigma^2_i \le \log v_{\min} + \mathrm{tol}
+            \right].
+
+  With the smooth floor of :func:`soft_floor_log_var` the default ``tol = log 2`` counts
+  the dimensions whose raw variance is at most the floor (the floor makes up at least
+  half the variance); with a hard floor (:func:`clip_log_var`) pass a small ``tol``
+  (e.g. 1e-6). Meant for monitoring: pass ``VAEOutput.log_var`` (B, d) and the model's
+  ``posterior_min_variance``; for the fraction per hierarchical level, select the
+  columns of one level with ``model.latent_groups``, or pass ``axis=0`` and average
+  the per-dimension fractions within each group.
+
+  Args:
+    log_var: posterior log-variances (already floored), any shape.
+    min_variance: the floor; 0 (off) gives 0 (nothing is at a floor that does not exist).
+    tol: tolerance in log-variance (nats of variance ratio), ≥ 0.
+    axis: axes to average over; None = all.
+
+  Returns:
+    float32 fraction(s) in [0, 1]. Jit-safe (``min_variance`` and ``tol`` are static).
+  """
+  check_min_variance_floor(min_variance, "min_variance")
+  if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (
+      math.isfinite(tol) and tol >= 0
+  ):
+    raise ValueError(f"tol must be a finite number >= 0, got {tol!r}.")
+  log_var = jnp.asarray(log_var)
+  if min_variance == 0:
+    return jnp.mean(jnp.zeros(log_var.shape, jnp.float32), axis=axis)
+  at_floor = log_var <= math.log(min_variance) + tol
+  return jnp.mean(at_floor.astype(jnp.float32), axis=axis)
+
+
 def gaussian_likelihood_params(
     mean: ArrayLike, log_var: ArrayLike | float, min_variance: float | None = None
 ) -> dict[str, Array]:

@@ -31,12 +31,17 @@ defaults give the plain negative ELBO:
 
 All settings are numbers or arrays (:class:`LossSettings` is a pytree), so a sweep can
 ``vmap`` the loss over them.
+
+Importance-weighted bounds (Burda et al. 2015) for training with K > 1 posterior
+samples: :func:`iwae_loss` (IWAE, MIWAE; plain or DReG gradients; K = 1 is
+:func:`elbo_loss`), built on :func:`log_importance_weight`, the log weight that the
+evaluation side (:mod:`vaejax.evaluation.likelihood`) uses too.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -269,6 +274,21 @@ def _check_shapes(x: Array, out: VAEOutput) -> None:
     )
 
 
+def _log_likelihood(x: Array, outputs: VAEOutput) -> Array:
+  """(B,) log p(x|z) summed over data dimensions."""
+  log_px = distributions.likelihood_log_prob(x, outputs.likelihood)
+  return jnp.sum(log_px.reshape(x.shape[0], -1), axis=-1)
+
+
+def _kl_per_dim(outputs: VAEOutput) -> Array:
+  """(B, d) closed-form KL(q ‖ p) against N(0, I) or the prior carried in ``outputs``."""
+  if outputs.prior_mean is None:
+    return distributions.kl_standard_normal(outputs.mean, outputs.log_var)
+  return distributions.kl_diag_gaussians(
+      outputs.mean, outputs.log_var, outputs.prior_mean, outputs.prior_log_var
+  )
+
+
 def elbo_terms(x: Array, outputs: VAEOutput) -> dict[str, Array]:
   """Per-example ELBO terms of one sample z ~ q(z|x).
 
@@ -281,14 +301,8 @@ def elbo_terms(x: Array, outputs: VAEOutput) -> dict[str, Array]:
   """
   x = jnp.asarray(x)
   _check_shapes(x, outputs)
-  log_px = distributions.likelihood_log_prob(x, outputs.likelihood)
-  recon = jnp.sum(log_px.reshape(x.shape[0], -1), axis=-1)
-  if outputs.prior_mean is None:
-    kl_per_dim = distributions.kl_standard_normal(outputs.mean, outputs.log_var)
-  else:
-    kl_per_dim = distributions.kl_diag_gaussians(
-        outputs.mean, outputs.log_var, outputs.prior_mean, outputs.prior_log_var
-    )
+  recon = _log_likelihood(x, outputs)
+  kl_per_dim = _kl_per_dim(outputs)
   kl = jnp.sum(kl_per_dim, axis=-1)
   return {"recon": recon, "kl_per_dim": kl_per_dim, "kl": kl, "elbo": recon - kl}
 
@@ -338,6 +352,357 @@ def elbo_loss(
     loss = loss + (settings.tc_beta - 1.0) * jnp.mean(tc)
     extras["tc"] = tc
   return loss, {**terms, **extras}
+
+
+# ----------------------------------------------------------------------------- importance weighting
+
+ESTIMATORS = ("plain", "dreg")
+
+_DREG_PRIOR_PROBLEM = (
+    "estimator='dreg' needs the standard-normal prior p(z) = N(0, I), but the model has a "
+    "learned (top-down) prior: its posterior q(z_l | x, z_>l) depends on the sampled upper "
+    "levels, so holding log q's parameters fixed would also cut ∂log q/∂z_>l and bias the "
+    "gradient; use estimator='plain'."
+)
+
+
+def log_weight_parts(x: ArrayLike, outputs: VAEOutput) -> tuple[Array, Array]:
+  r"""Per-example :math:`\log p(x|z)` and :math:`\log p(z) - \log q(z|x)` for the z in ``outputs``.
+
+  ``log p(z)`` is N(0, I) or, when ``outputs`` carries a prior (hierarchical models), the
+  joint of the per-level top-down priors of the same sample path; every sum runs over all
+  data and latent dimensions (all levels). Their sum is :func:`log_importance_weight`.
+
+  Returns:
+    ``(log_px, log_prior_ratio)``, each (B,).
+  """
+  x = jnp.asarray(x)
+  _check_shapes(x, outputs)
+  if outputs.prior_mean is None:
+    log_pz = distributions.standard_normal_log_prob(outputs.z)
+  else:
+    log_pz = distributions.diag_gaussian_log_prob(
+        outputs.z, outputs.prior_mean, outputs.prior_log_var)
+  log_qz = distributions.diag_gaussian_log_prob(outputs.z, outputs.mean, outputs.log_var)
+  return _log_likelihood(x, outputs), jnp.sum(log_pz - log_qz, axis=-1)
+
+
+def log_importance_weight(
+    x: ArrayLike, outputs: VAEOutput, prior_weight: ArrayLike = 1.0
+) -> Array:
+  r"""Per-example log importance weight of the z in ``outputs``, shape (B,).
+
+  .. math:: \log w = \log p(x|z) + c\,\bigl(\log p(z) - \log q(z|x)\bigr),
+
+  with c = ``prior_weight``; c = 1 (the default) is the weight of the IWAE bound, whose
+  expectation under q is the ELBO. The one log-weight function of the library: the
+  training objectives below and :func:`vaejax.evaluation.likelihood.iwae_log_likelihood`
+  both use it.
+  """
+  log_px, log_ratio = log_weight_parts(x, outputs)
+  if _is_python_default(prior_weight, 1.0):
+    return log_px + log_ratio
+  return log_px + prior_weight * log_ratio
+
+
+def log_mean_exp(values: Array, axis: int = 0) -> Array:
+  r""":math:`\log \frac1K \sum_k e^{v_k}` along ``axis`` (K its length), computed stably."""
+  return jax.nn.logsumexp(values, axis=axis) - math.log(values.shape[axis])
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _any(value: Any, predicate) -> bool:
+  """Whether a concrete setting (number or array) satisfies ``predicate`` anywhere."""
+  return _is_concrete(value) and bool(np.any(predicate(np.asarray(value, np.float64))))
+
+
+def validate_importance_settings(
+    settings: LossSettings,
+    num_samples: int,
+    estimator: str = "plain",
+    num_groups: int = 1,
+    has_learned_prior: bool = False,
+) -> None:
+  """Raises one ValueError, one line per mistake, for a bad importance-weighted configuration.
+
+  Call it before compiling (e.g. from the training config, once per sweep point, with
+  ``has_learned_prior`` true for models whose outputs carry a prior: the hierarchical
+  VAEs). :func:`iwae_loss` calls it too, but inside ``jit``/``vmap`` the settings may be
+  tracers whose values cannot be checked; those are skipped here, as in
+  :func:`validate_settings` (which runs first and raises its own error).
+
+  With K > 1 importance samples it refuses the settings that act on the ELBO's separate
+  KL term, because the importance-weighted bound has none (log p(z) − log q(z|x) enters
+  every weight inside the log-sum-exp): free bits, capacity annealing and β-TC.
+  β and the KL warm-up combine (see :func:`importance_weighted_terms`).
+
+  Args:
+    settings: the loss settings (numbers or a sweep's arrays).
+    num_samples: K ≥ 1, a Python int (it sets array shapes).
+    estimator: one of :data:`ESTIMATORS`.
+    num_groups: M ≥ 1 (MIWAE: the mean of M independent IWAE-K bounds).
+    has_learned_prior: whether the model's prior is not N(0, I).
+  """
+  validate_settings(settings)
+  problems = []
+  for name, value in (("num_importance_samples (K)", num_samples),
+                      ("num_groups (M)", num_groups)):
+    if not _is_int(value) or value < 1:
+      problems.append(
+          f"{name} must be a Python int >= 1 (it sets array shapes), got {value!r}.")
+  if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+    problems.append(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
+  if _is_int(num_samples) and num_samples > 1:
+    k = int(num_samples)
+    if _any(settings.free_bits, lambda v: v > 0):
+      problems.append(
+          f"free_bits={settings.free_bits!r} cannot be used with K={k} importance samples: "
+          "free bits clamps the batch-mean KL of each group, and the importance-weighted "
+          "bound has no separate KL term to clamp (set free_bits=0 or K=1).")
+    if _any(settings.capacity_gamma, lambda v: v > 0):
+      problems.append(
+          f"capacity annealing (capacity_gamma={settings.capacity_gamma!r}) cannot be used "
+          f"with K={k} importance samples: its penalty γ·|KL − C| targets the ELBO's KL "
+          "term, which the importance-weighted bound does not have (set capacity_gamma=0 "
+          "or K=1).")
+    if _any(settings.tc_beta, lambda v: v != 1):
+      problems.append(
+          f"β-TC (tc_beta={settings.tc_beta!r}) cannot be used with K={k} importance "
+          "samples: it reweights the total-correlation part of the ELBO's KL term, which "
+          "the importance-weighted bound does not have (set tc_beta=1 or K=1).")
+    if estimator == "dreg" and has_learned_prior:
+      problems.append(_DREG_PRIOR_PROBLEM)
+  if problems:
+    raise ValueError("\n".join(problems))
+
+
+def importance_weighted_terms(
+    x: ArrayLike,
+    outputs: VAEOutput,
+    kl_scale: ArrayLike = 1.0,
+    *,
+    estimator: str = "plain",
+    decode: Callable[[Array], dict[str, Array]] | None = None,
+) -> dict[str, Array]:
+  r"""The importance-weighted objective of K stacked posterior samples, per example.
+
+  ``outputs`` holds K forward passes stacked on a leading axis (z: (K, B, d),
+  likelihood: (K, B, ...)). With log weights :math:`\log w_k` of
+  :func:`log_importance_weight` (c = 1) and normalised weights
+  :math:`\tilde w_k = \operatorname{softmax}_k(\log w_k)`:
+
+  .. math::
+     \mathcal L_K(x) = \log \frac1K \sum_{k=1}^K w_k \;\le\; \log p(x)
+     \qquad\text{(IWAE, Burda et al. 2015; } \mathcal L_1 = \text{the ELBO)}.
+
+  **β and the KL warm-up.** With the KL scale c = w(t)·β (``kl_scale``) the objective
+  maximised is
+
+  .. math::
+     \mathcal J^c_K(x) = \log \frac1K \sum_k p(x|z_k)
+         \Bigl(\frac{p(z_k)}{q(z_k|x)}\Bigr)^{\min(c, 1)}
+       \;-\; \bigl(\max(c, 1) - 1\bigr)\,\overline{\mathrm{KL}},
+
+  with :math:`\overline{\mathrm{KL}}` the closed-form KL(q ‖ p) averaged over the K
+  samples (for hierarchical models: the per-level KLs of each sample path, whose
+  expectation is KL(q(z|x) ‖ p(z))). For every K:
+
+  * c = 1: :math:`\mathcal J = \mathcal L_K`, the IWAE bound.
+  * c ≥ 1 (β-VAE): :math:`\mathcal J = \mathcal L_K - (c-1)\overline{\mathrm{KL}} \le
+    \mathcal L_K \le \log p(x)`, still a lower bound on log p(x), looser by
+    (c − 1)·KL; at K = 1 its expectation is the β-ELBO E[log p(x|z)] − c·KL.
+  * c < 1 (warm-up, β < 1): the prior ratio is tempered inside the weights, so
+    :math:`\mathcal J \le \log\int p(x|z)\,p(z)^c\,q(z|x)^{1-c}\,dz \le \log\sup_z
+    p(x|z)` (Jensen, then Hölder): not a bound on log p(x), as the ELBO under warm-up is
+    not, but bounded as that is, and at K = 1 equal in expectation to the warm-up ELBO
+    E[log p(x|z)] − c·KL.
+
+  Neither form is used on both sides of c = 1 because each fails on the other: tempering
+  with c > 1 tends, as K → ∞, to :math:`\log\int p(x|z)\,p(z)^c q(z|x)^{1-c}dz`, which
+  can exceed log p(x) and is infinite as soon as a latent the decoder ignores has
+  :math:`σ_q^2 < (c-1)/c` (the weights' tails reward a narrow q, the opposite of what β
+  is for); subtracting (c − 1)·KL with c < 1 adds (1 − c)·KL to an objective that tends
+  to log p(x) whatever q is, rewarding q for leaving the prior without limit.
+
+  **Gradient estimators** (the value is :math:`\mathcal J^c_K` for both):
+
+  * ``"plain"``: reparameterisation through :math:`\mathcal J` (z = μ + σε). Its
+    encoder gradient's signal-to-noise ratio falls as K grows (Rainforth et al. 2018).
+  * ``"dreg"`` (doubly reparameterised, Tucker, Lawson, Gu, Maddison 2019): the decoder
+    (θ) gets :math:`\sum_k \tilde w_k\,∂_θ \log w_k`, the encoder (φ) the path term only,
+    :math:`\sum_k a_k\,∂_{z}\log w_k\,∂z_k/∂φ` with log q's parameters held fixed, and
+    :math:`a_k = \tilde w_k^2` at c = 1 (in general :math:`a_k = (1-c')\tilde w_k +
+    c'\tilde w_k^2` with c' = min(c, 1) and :math:`\tilde w` the softmax of the tempered
+    log weights; it follows from :math:`E_q[f(z)\,∂_φ\log q_φ(z)] = E_ε[∂_z f\,∂z/∂φ]`
+    applied to :math:`f = c'\tilde w_k`). The (c − 1)·KL term keeps its exact gradient. Same
+    expectation as ``"plain"``, lower variance for the encoder.
+
+    It is a surrogate: its value is :math:`\mathcal J` (logging stays honest) and its
+    gradient is DReG's. The forward pass's likelihood mixes θ with φ's path through z,
+    so the weights are applied by decoding z again, ``decode(z̃)``, with
+    :math:`\tilde z_k = z_k` in value and its gradient to φ scaled by
+    :math:`a_k/\tilde w_k` (one extra decoder forward pass; the first pass is used for
+    values only). Only for a standard-normal prior: a top-down posterior depends on
+    the sampled upper levels, so fixing its parameters would also cut
+    :math:`∂\log q/∂z_{>l}` (refused with a ValueError).
+
+  Args:
+    x: (B, ...) the batch.
+    outputs: K forward passes for ``x``, stacked on a leading axis (K ≥ 1).
+    kl_scale: c = w(t)·β ≥ 0, a number or traced scalar.
+    estimator: ``"plain"`` or ``"dreg"``.
+    decode: for ``"dreg"``: ``z -> likelihood parameters``, (B, d) → like
+      ``outputs.likelihood`` for one sample: the model's own decoder with the same
+      parameters (and labels, for a CVAE), e.g.
+      ``lambda z: model.apply(variables, z, labels, method=model.decode)``.
+
+  Returns:
+    A dict of (B,) arrays: ``objective`` (:math:`\mathcal J^c_K`, the quantity to
+    maximise, a DReG surrogate for ``"dreg"``), ``iwae`` (:math:`\mathcal L_K`),
+    ``ess`` (the effective sample size :math:`1/\sum_k \tilde w_k^2 \in [1, K]` of the
+    c = 1 weights) and ``mean_kl`` (:math:`\overline{\mathrm{KL}}`).
+  """
+  if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+    raise ValueError(f"Unknown estimator {estimator!r}; expected one of {ESTIMATORS}.")
+  x = jnp.asarray(x)
+  if outputs.z.ndim != 3:
+    raise ValueError(
+        "importance_weighted_terms needs K forward passes stacked on a leading axis, z of "
+        f"shape (K, batch, latent_dim); got z of shape {outputs.z.shape}.")
+  if estimator == "dreg" and outputs.prior_mean is not None:
+    raise ValueError(_DREG_PRIOR_PROBLEM)
+  if estimator == "dreg" and decode is None:
+    raise ValueError(
+        "estimator='dreg' needs decode (z -> likelihood parameters, the model's decoder, "
+        "e.g. lambda z: model.apply(variables, z, labels, method=model.decode)) to weight "
+        "the decoder's and the encoder's gradients apart; pass it or use estimator='plain'.")
+  parts = jax.vmap(log_weight_parts, in_axes=(None, 0))
+  log_px, log_ratio = parts(x, outputs)  # (K, B) each
+  mean_kl = jnp.mean(jnp.sum(jax.vmap(_kl_per_dim)(outputs), axis=-1), axis=0)
+  scale = jnp.asarray(kl_scale, jnp.float32)
+  inside, outside = jnp.minimum(scale, 1.0), jnp.maximum(scale, 1.0) - 1.0
+  log_w = log_px + log_ratio
+  log_w_tempered = log_px + inside * log_ratio
+  if estimator == "plain":
+    tempered = log_mean_exp(log_w_tempered)
+  else:
+    sg = jax.lax.stop_gradient
+    weights = jax.nn.softmax(sg(log_w_tempered), axis=0)  # w̃_k, (K, B)
+    path_scale = (1.0 - inside) + inside * weights  # a_k / w̃_k
+    z = outputs.z
+    z_path = sg(z) + path_scale[..., None] * (z - sg(z))
+    frozen = VAEOutput(sg(outputs.mean), sg(outputs.log_var), z_path, jax.vmap(decode)(z_path))
+    path_px, path_ratio = parts(x, frozen)
+    surrogate = jnp.sum(weights * (path_px + inside * path_ratio), axis=0)
+    tempered = sg(log_mean_exp(log_w_tempered)) + (surrogate - sg(surrogate))
+  ess = jnp.exp(2.0 * jax.nn.logsumexp(log_w, axis=0) - jax.nn.logsumexp(2.0 * log_w, axis=0))
+  return {
+      "objective": tempered - outside * mean_kl,
+      "iwae": log_mean_exp(log_w),
+      "ess": ess,
+      "mean_kl": mean_kl,
+  }
+
+
+def iwae_loss(
+    x: ArrayLike,
+    sample_outputs: Callable[[Array], VAEOutput],
+    key: Array,
+    num_samples: int,
+    *,
+    estimator: str = "plain",
+    num_groups: int = 1,
+    settings: LossSettings = DEFAULT_SETTINGS,
+    step: ArrayLike = 0,
+    decode: Callable[[Array], dict[str, Array]] | None = None,
+    free_bits_groups: Sequence[int] | None = None,
+) -> tuple[Array, dict[str, Array]]:
+  r"""The importance-weighted training loss (IWAE / MIWAE) with K samples, and its terms.
+
+  .. math::
+     \mathcal L = -\frac1B\sum_b \frac1M \sum_{m=1}^M \mathcal J^{\,w(t)β}_K(x_b;\ z_{m,1..K}),
+
+  the mean over M groups (MIWAE, Rainforth et al. 2018; M = 1 is IWAE) of the
+  objective of :func:`importance_weighted_terms` with the KL scale w(t)·β, each group
+  from K fresh posterior samples; with β = 1 and no warm-up it is −(the IWAE bound).
+  Forward passes are vmapped over the M·K keys ``jax.random.split(key, M * K)``;
+  sample k of group m uses key ``m * K + k``. Memory grows with M·K·B.
+
+  **K = 1 is the ELBO loss**: it calls :func:`elbo_loss` on ``sample_outputs(key)``
+  (closed-form KL, every :class:`LossSettings` term, ``free_bits_groups``), for either
+  estimator, so a config with ``num_importance_samples = 1`` trains exactly as before.
+  (DReG at K = 1 would be the sticking-the-landing estimator; the analytic KL is
+  used instead.) With K = 1 and M > 1 the loss and every term are averages over M such
+  ELBO losses.
+
+  Args:
+    x: (B, ...) the batch.
+    sample_outputs: one forward pass, ``key -> VAEOutput`` for ``x`` (the caller closes
+      over model, parameters, ``x`` and labels), e.g.
+      ``lambda k: model.apply({"params": p}, x, labels, rngs={"sample": k})``.
+    key: PRNG key of the posterior samples.
+    num_samples: K ≥ 1, a Python int.
+    estimator: ``"plain"`` or ``"dreg"`` (:func:`importance_weighted_terms`).
+    num_groups: M ≥ 1, a Python int.
+    settings: loss settings; with K > 1 only ``beta``, ``warmup_steps`` and
+      ``cycle_steps`` act (free bits, capacity and β-TC are refused:
+      :func:`validate_importance_settings`).
+    step: the training step, for the warm-up weight w(t).
+    decode: the model's decoder ``z -> likelihood parameters``, needed by ``"dreg"``
+      at K > 1.
+    free_bits_groups: passed to :func:`elbo_loss` at K = 1.
+
+  Returns:
+    ``(loss, terms)``: the scalar loss and a dict with the per-example ``iwae`` (B,),
+    the bound :math:`\mathcal L_K` (the MIWAE bound, the mean over the M groups; at
+    K = 1 the single-sample log w, an unbiased estimate of the ELBO), ``ess`` (B,),
+    the effective sample size in [1, K] (mean over groups), the ELBO terms ``recon``,
+    ``kl``, ``kl_per_dim``, ``elbo`` (closed-form KL) of the first sample, and the
+    scalars ``kl_weight``, ``capacity`` and ``kl_regularizer`` (at K > 1 the batch-mean
+    :math:`\overline{\mathrm{KL}}` that β weights), the keys :func:`elbo_loss` logs.
+
+  Raises:
+    ValueError: the settings (:func:`validate_importance_settings`); ``"dreg"`` with
+      K > 1 for outputs that carry a prior, or without ``decode``.
+  """
+  validate_importance_settings(settings, num_samples, estimator, num_groups)
+  num_samples, num_groups = int(num_samples), int(num_groups)
+  x = jnp.asarray(x)
+
+  if num_samples == 1:
+    def single(k: Array) -> tuple[Array, dict[str, Array]]:
+      outputs = sample_outputs(k)
+      loss, terms = elbo_loss(x, outputs, settings, step, free_bits_groups=free_bits_groups)
+      extras = {"iwae": log_importance_weight(x, outputs),
+                "ess": jnp.ones(x.shape[:1], jnp.float32)}
+      return loss, {**terms, **extras}
+
+    if num_groups == 1:
+      return single(key)
+    losses, terms = jax.vmap(single)(jax.random.split(key, num_groups))
+    return jnp.mean(losses), jax.tree.map(lambda a: jnp.mean(a, axis=0), terms)
+
+  stacked = jax.vmap(sample_outputs)(jax.random.split(key, num_groups * num_samples))
+  stacked = jax.tree.map(
+      lambda a: a.reshape((num_groups, num_samples) + a.shape[1:]), stacked)
+  first = jax.tree.map(lambda a: a[0, 0], stacked)
+  weight = kl_weight(step, settings.warmup_steps, settings.cycle_steps)
+  groups = jax.vmap(
+      lambda outputs: importance_weighted_terms(
+          x, outputs, weight * settings.beta, estimator=estimator, decode=decode)
+  )(stacked)
+  groups = {k: jnp.mean(v, axis=0) for k, v in groups.items()}  # MIWAE: mean over M
+  extras = {
+      "iwae": groups["iwae"],
+      "ess": groups["ess"],
+      "kl_weight": weight,
+      "capacity": capacity(step, settings.capacity_max, settings.capacity_steps),
+      "kl_regularizer": jnp.mean(groups["mean_kl"]),
+  }
+  return -jnp.mean(groups["objective"]), {**elbo_terms(x, first), **extras}
 
 
 def summarize(terms: dict[str, Array]) -> dict[str, Array]:

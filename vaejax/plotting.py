@@ -1,9 +1,12 @@
 """Figures of a trained VAE: reconstructions, prior samples, latent traversals,
-interpolations and the KL per latent dimension.
+interpolations, the KL per latent dimension and latent arithmetic.
 
 The ``plot_*`` functions are pure: they take arrays (images NHWC in [0, 1]) and return a
 matplotlib ``Figure``. :func:`figure_arrays` runs a model to produce those arrays and
-:func:`write_figures` saves the PNGs; nothing here trains or reads a checkpoint.
+:func:`write_figures` saves the PNGs; :func:`class_arithmetic_arrays` (class offsets in an
+unconditional VAE, e.g. MNIST) and :func:`style_arithmetic_arrays` (style offsets in a
+conditional VAE) do the same for the arithmetic figures. Nothing here trains or reads a
+checkpoint. Animated traversals (GIFs) live in :mod:`vaejax.animation`.
 """
 
 from __future__ import annotations
@@ -214,12 +217,55 @@ def plot_style_transfer(inputs: Any, transferred: Any) -> Figure:
                     col_labels=cols)
 
 
+def plot_latent_arithmetic(inputs: Any, decoded: Any, alphas: Sequence[float], title: str,
+                           row_labels: Sequence[str] | None = None,
+                           reference: Any | None = None) -> Figure:
+  """Latent arithmetic: each row is an input, then its code plus α·v decoded for each α.
+
+  Args:
+    inputs: (N, H, W, C) the query images.
+    decoded: (N, A, H, W, C): ``decoded[n, a]`` decodes ``μ(inputs[n]) + alphas[a]·v``
+      (α = 0 is the plain reconstruction).
+    alphas: (A,) the multiples of the attribute vector.
+    title: what v is, e.g. "z + α (mean z of 7s − mean z of 1s)".
+    row_labels: (N,) optional labels, e.g. each input's class.
+    reference: optional (H, W, C) image drawn first, in a row of its own (e.g. the
+      image whose style is added).
+  """
+  inputs = _check_images(inputs, 4, "inputs")
+  decoded = _check_images(decoded, 5, "decoded")
+  alphas = [float(a) for a in alphas]
+  if decoded.shape[0] != inputs.shape[0] or decoded.shape[1] != len(alphas) or (
+      decoded.shape[2:] != inputs.shape[1:]):
+    raise ValueError(f"decoded {decoded.shape} must be (N, len(alphas)={len(alphas)}, H, W, C) "
+                     f"for inputs {inputs.shape}.")
+  if row_labels is not None and len(row_labels) != inputs.shape[0]:
+    raise ValueError(f"row_labels needs one label per input ({inputs.shape[0]}), got "
+                     f"{len(row_labels)}.")
+  grid = np.concatenate([inputs[:, None], decoded], axis=1)
+  labels = list(row_labels) if row_labels is not None else None
+  if reference is not None:
+    reference = _check_images(np.asarray(reference)[None], 4, "reference")
+    if reference.shape[1:] != inputs.shape[1:]:
+      raise ValueError(f"reference {reference.shape[1:]} must be shaped like the inputs "
+                       f"{inputs.shape[1:]}.")
+    first = np.full((1, *grid.shape[1:]), _PAD_VALUE, np.float32)
+    first[0, 0] = reference[0]
+    grid = np.concatenate([first, grid])
+    labels = ["reference", *(labels or [""] * inputs.shape[0])]
+  cols = ["input"] + [f"α={a:g}" for a in alphas]
+  return _show_grid(grid, title, labels, cols)
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
-  """Saves ``fig`` as a PNG (creating folders) and closes it."""
+  """Saves ``fig`` as a PNG (creating folders; atomically: a killed process leaves the old
+  file or the new one, never half) and closes it."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=dpi)
+  tmp = path.with_name(path.name + ".tmp")
+  fig.savefig(tmp, dpi=dpi, format="png")
   plt.close(fig)
+  tmp.replace(path)
   return path
 
 
@@ -361,3 +407,148 @@ def write_figures(
     figures["style_transfer.png"] = plot_style_transfer(
         arrays["style_inputs"], arrays["style_transfer"])
   return [save_figure(fig, out_dir / name) for name, fig in figures.items()]
+
+
+# ----------------------------------------------------------------------------- latent arithmetic
+
+DEFAULT_ALPHAS = (0.0, 0.5, 1.0, 1.5)
+
+
+def _encoder_decoder(model: Any, params: Any):
+  variables = {"params": params}
+  encode = jax.jit(lambda x, y: model.apply(variables, x, y, method="encode")[0])
+  decode = jax.jit(lambda z, y: distributions.likelihood_mean(
+      model.apply(variables, z, y, method="decode")))
+  return encode, decode
+
+
+def _images_and_labels(images: Any, labels: Any) -> tuple[jax.Array, np.ndarray]:
+  images = _check_images(images, 4, "images")
+  labels = np.asarray(labels)
+  if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be ({images.shape[0]},) integers, one per image; got "
+                     f"{labels.dtype} {labels.shape}.")
+  return jnp.asarray(images), labels.astype(np.int64)
+
+
+def class_arithmetic_arrays(
+    model: Any,
+    params: Any,
+    images: Any,
+    labels: Any,
+    source_class: int,
+    target_class: int,
+    *,
+    query_classes: Sequence[int] | None = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+) -> dict[str, Any]:
+  """Class arithmetic with an unconditional VAE (e.g. MNIST digits).
+
+  ``v = mean μ(x | class target) − mean μ(x | class source)`` over ``images``;
+  each query (the first image of every class in ``query_classes``; default every
+  class present except the target) is decoded at ``μ(x) + α v`` for each α. A
+  query of the source class should turn into the target class; others show
+  what the same offset does to them.
+
+  Returns:
+    ``inputs`` (Q, H, W, C), ``decoded`` (Q, A, H, W, C), ``alphas`` (A,),
+    ``query_classes`` (Q,) and ``vector`` (d,).
+  """
+  if getattr(model, "conditional", False):
+    raise ValueError("class arithmetic needs an unconditional VAE (its codes hold the class); "
+                     "for a conditional VAE use style_arithmetic_arrays.")
+  images, labels = _images_and_labels(images, labels)
+  present = sorted(set(labels.tolist()))
+  for name, c in (("source_class", source_class), ("target_class", target_class)):
+    if c not in present:
+      raise ValueError(f"{name}={c!r} has no images; classes present: {present}.")
+  if query_classes is None:
+    query_classes = [c for c in present if c != target_class]
+  missing = [c for c in query_classes if c not in present]
+  if not query_classes or missing:
+    raise ValueError(f"query_classes must be classes present in labels {present}; "
+                     f"got {list(query_classes)}.")
+  encode, decode = _encoder_decoder(model, params)
+  means = np.asarray(encode(images, None))
+  vector = means[labels == target_class].mean(0) - means[labels == source_class].mean(0)
+  rows = np.array([int(np.argmax(labels == c)) for c in query_classes])
+  alphas = np.asarray(alphas, np.float32)
+  codes = means[rows][:, None] + alphas[None, :, None] * vector[None, None]
+  decoded = np.asarray(decode(jnp.asarray(codes.reshape(-1, codes.shape[-1])), None))
+  return {"inputs": np.asarray(images)[rows],
+          "decoded": decoded.reshape(len(rows), len(alphas), *images.shape[1:]),
+          "alphas": alphas, "query_classes": np.asarray(query_classes), "vector": vector}
+
+
+def style_arithmetic_arrays(
+    model: Any,
+    params: Any,
+    images: Any,
+    labels: Any,
+    reference_index: int = 0,
+    *,
+    num_queries: int = 6,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+) -> dict[str, Any]:
+  """Style transfer by arithmetic with a conditional VAE.
+
+  A CVAE's code holds the style (the label carries the class). The reference's
+  style offset is ``s = μ(x_ref, y_ref) − mean_i μ(x_i, y_i)`` (its deviation from
+  the mean style of ``images``); each query keeps its own label and is decoded at
+  ``μ(x, y) + α s`` with label ``y``, so its digit stays and the reference's
+  slant, width or thickness is added. Queries are the first ``num_queries``
+  images other than the reference.
+
+  Returns:
+    ``inputs`` (Q, H, W, C), ``decoded`` (Q, A, H, W, C), ``alphas`` (A,),
+    ``query_labels`` (Q,), ``reference`` (H, W, C) and ``vector`` (d,).
+  """
+  if not getattr(model, "conditional", False):
+    raise ValueError("style arithmetic needs a conditional VAE (num_classes > 0); for an "
+                     "unconditional one use class_arithmetic_arrays.")
+  images, labels = _images_and_labels(images, labels)
+  n = images.shape[0]
+  if isinstance(reference_index, bool) or not isinstance(reference_index, int) or not (
+      0 <= reference_index < n):
+    raise ValueError(f"reference_index must be an int in [0, {n}), got {reference_index!r}.")
+  if isinstance(num_queries, bool) or not isinstance(num_queries, int) or not (
+      1 <= num_queries <= n - 1):
+    raise ValueError(f"num_queries must be an int in [1, {n - 1}], got {num_queries!r}.")
+  encode, decode = _encoder_decoder(model, params)
+  means = np.asarray(encode(images, jnp.asarray(labels, jnp.int32)))
+  vector = means[reference_index] - means.mean(0)
+  rows = np.array([i for i in range(n) if i != reference_index][:num_queries])
+  alphas = np.asarray(alphas, np.float32)
+  codes = means[rows][:, None] + alphas[None, :, None] * vector[None, None]
+  code_labels = np.repeat(labels[rows], len(alphas)).astype(np.int32)
+  decoded = np.asarray(decode(jnp.asarray(codes.reshape(-1, codes.shape[-1])),
+                              jnp.asarray(code_labels)))
+  return {"inputs": np.asarray(images)[rows],
+          "decoded": decoded.reshape(len(rows), len(alphas), *images.shape[1:]),
+          "alphas": alphas, "query_labels": labels[rows],
+          "reference": np.asarray(images)[reference_index], "vector": vector}
+
+
+def write_class_arithmetic_figure(model: Any, params: Any, images: Any, labels: Any,
+                                  path: str | os.PathLike, source_class: int,
+                                  target_class: int, **kwargs) -> Path:
+  """Saves the :func:`class_arithmetic_arrays` figure as a PNG; ``kwargs`` go there."""
+  arrays = class_arithmetic_arrays(model, params, images, labels, source_class, target_class,
+                                   **kwargs)
+  fig = plot_latent_arithmetic(
+      arrays["inputs"], arrays["decoded"], arrays["alphas"],
+      f"z + α (mean z of class {target_class} − mean z of class {source_class})",
+      [f"class {c}" for c in arrays["query_classes"]])
+  return save_figure(fig, path)
+
+
+def write_style_arithmetic_figure(model: Any, params: Any, images: Any, labels: Any,
+                                  path: str | os.PathLike, reference_index: int = 0,
+                                  **kwargs) -> Path:
+  """Saves the :func:`style_arithmetic_arrays` figure as a PNG; ``kwargs`` go there."""
+  arrays = style_arithmetic_arrays(model, params, images, labels, reference_index, **kwargs)
+  fig = plot_latent_arithmetic(
+      arrays["inputs"], arrays["decoded"], arrays["alphas"],
+      "Style by arithmetic: z + α (z of the reference − mean z), decoded with each label",
+      [f"label {c}" for c in arrays["query_labels"]], reference=arrays["reference"])
+  return save_figure(fig, path)

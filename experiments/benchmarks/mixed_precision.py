@@ -39,7 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaejax import data, models, objectives
-from vaejax import train_step as train_step_lib
+from vaejax.training.optimizer import make_optimizer
+from vaejax.training.state import create_train_state
+from vaejax.training.step import Hyperparams, make_batch_fn, make_train_step
 
 _DATASETS = {
     "mlp_vae": {"name": "mnist_npz", "binarize": "dynamic"},
@@ -74,38 +76,46 @@ def compare_curves(curves: dict[tuple[int, str], np.ndarray], window: int,
           "gap_over_noise": float(gap / noise)}
 
 
-def _train_step(model_name: str, dtype: str, image_shape: tuple[int, ...],
-                learning_rate: float, batch_fn: Any = None):
-  """(model, optimizer, jitted vaejax train step) for one configuration."""
+@functools.lru_cache(maxsize=None)
+def _programs(model_name: str, dtype: str, image_shape: tuple[int, ...], batch_size: int,
+              dataset: Any):
+  """(model, optimizer, jitted step) of one configuration, compiled once for every seed.
+
+  The step is the loop's: ``(state, seed, hyper, batch) -> (state, metrics)`` with the
+  learning rate a traced number; datasets sampled in jit (procedural dSprites) draw the
+  batch of ``(seed, state.step)`` inside the program, as the loop does.
+  """
   model = models.create_model({"name": model_name, "dtype": dtype}, image_shape)
-  optimizer = train_step_lib.make_optimizer(learning_rate)
-  step = jax.jit(train_step_lib.make_train_step(model, optimizer, batch_fn=batch_fn))
-  return model, optimizer, step
+  optimizer = make_optimizer()
+  train_step = make_train_step(model, optimizer)
+  batch_fn = make_batch_fn(dataset, batch_size)
+
+  def step(state, seed, hyper, batch):
+    if batch_fn is not None:
+      batch = jax.lax.optimization_barrier(batch_fn(seed, state.step))
+    return train_step(state, batch, hyper)
+
+  return model, optimizer, jax.jit(step), batch_fn is not None
 
 
 def train_curve(model_name: str, dtype: str, seed: int, steps: int, batch_size: int,
                 learning_rate: float, dataset: Any) -> np.ndarray:
   """Per-step training losses of one run of the vaejax train step."""
   shape = tuple(dataset.image_shape)
-  batch_fn = train_step_lib.make_batch_fn(dataset, batch_size, seed)
-  if batch_fn is None:  # host batches: one compiled step serves every seed
-    model, optimizer, step = _cached_train_step(model_name, dtype, shape, learning_rate)
-  else:
-    model, optimizer, step = _train_step(model_name, dtype, shape, learning_rate, batch_fn)
-  state = train_step_lib.create_train_state(model, optimizer, seed, shape)
-  settings = jax.tree.map(jnp.asarray, objectives.LossSettings())
+  model, optimizer, step, sampled = _programs(model_name, dtype, shape, batch_size, dataset)
+  state = create_train_state(model, optimizer, seed, shape)
+  hyper = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32),
+                       Hyperparams(objectives.LossSettings(), learning_rate, 0))
+  seed_array = jnp.asarray(seed, jnp.uint32)
   losses = []
   for t in range(steps):
-    batch = None if batch_fn else dataset.get_batch("train", t, batch_size, seed)
-    state, metrics = step(state, batch, settings)
+    batch = None if sampled else dataset.get_batch("train", t, batch_size, seed)
+    state, metrics = step(state, seed_array, hyper, batch)
     losses.append(metrics["loss"])
   losses = np.asarray(jax.device_get(losses), np.float64)
   if not np.all(np.isfinite(losses)):
     raise FloatingPointError(f"{model_name} {dtype} seed {seed}: non-finite training loss.")
   return losses
-
-
-_cached_train_step = functools.lru_cache(maxsize=None)(_train_step)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

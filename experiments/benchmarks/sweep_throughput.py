@@ -1,22 +1,28 @@
-r"""Sweep throughput: M models in one sweep against M runs one after another.
+r"""Sweep throughput: M models in one stack against M runs one after another.
 
 ``PYTHONPATH=. python experiments/benchmarks/sweep_throughput.py [--models=mlp,conv]
 [--num_models=1,4,16,64] [--strategies=sequential,vmap,chunked] [--steps=3] [--repeats=3]``
 
-For each model and M, times (after compiling and a warm-up, blocking on the results):
+For each model and M, times (after compiling and a warm-up, blocking on the results)
+the :class:`vaejax.training.executor.Executor` the training loop runs:
 
-* ``baseline``: M separate runs one after another, each S steps of its own jit-compiled
-  train step (what M invocations of ``experiments.train`` would do, minus start-up and
-  compilation, which the sweep saves too but this benchmark leaves out);
-* each sweep strategy of :class:`vaejax.sweep.SweepExecutor`: ``sequential`` (a loop of
-  single-model programs, interleaved across models), ``vmap`` (one program of M), and
-  ``chunked`` (programs of ``--chunk_size``), S steps of all M models.
+* ``baseline``: the same M models as M separate single-model executors (the program of
+  a single run, ``experiments.train``), one after another, S steps each (what M
+  invocations of ``experiments.train`` would do, minus start-up and compilation, which
+  a sweep saves too but this benchmark leaves out);
+* each strategy of ``--strategies`` as one executor of all M models:
+  ``sequential`` (a loop of single-model programs, interleaved across models), ``vmap``
+  (one vmapped program of M) and ``chunked`` (vmapped programs of ``--chunk_size``), S
+  steps of all M models. ``auto`` in the table marks the strategy
+  :func:`vaejax.training.executor.resolve_chunk_size` picks on this backend (it is timed
+  even when not listed).
 
+Every model has its own seed and β (1 + i mod 4), learning rate 1e-4, and samples its
+batches inside the program from (seed, step), as the loop does for procedural data.
 Variants run interleaved in each repeat; the median over repeats is reported as
-model-steps/s and as ``speedup`` = sweep / baseline throughput, and ``speedup_best`` from
-the fastest repeat of each (robust on a shared, noisy machine). ``auto`` in the table is
-the strategy :func:`vaejax.sweep.resolve_chunk_size` picks on this backend. Configurations
-that do not fit in device memory are reported as such (the check the sweep runs).
+model-steps/s and as ``speedup`` = variant / baseline throughput, and ``speedup_best``
+from the fastest repeat of each (robust on a shared, noisy machine). Configurations that
+do not fit in device memory are reported as such (the check the loop runs).
 
 Models: ``mlp`` = the MLP VAE of ``vae_mnist.py`` (784-512-256-16, batch 128, Bernoulli
 28×28 images sampled inside the step); ``conv`` = the disentanglement_lib dSprites conv VAE
@@ -37,8 +43,9 @@ from absl import app, flags
 
 
 def _importable_without_ml_collections() -> None:
-  """vaejax.train imports ml_collections for its config type hints only; accelerator
-  hosts may lack it, so an empty stand-in lets this benchmark import the train step."""
+  """The executor imports ``vaejax.config`` (for its list of strategies), which imports
+  ml_collections; accelerator hosts may lack it, so an empty stand-in lets this benchmark
+  import the executor (nothing here builds a config)."""
   try:
     import ml_collections  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
@@ -50,23 +57,31 @@ def _importable_without_ml_collections() -> None:
 
 _importable_without_ml_collections()
 
-import jax
-import jax.numpy as jnp
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
-from vaejax import models, sharding, sweep, train
-from vaejax.data import dsprites_data
-from vaejax.objectives import LossSettings
+from vaejax import models  # noqa: E402
+from vaejax.data import dsprites_data  # noqa: E402
+from vaejax.objectives import LossSettings  # noqa: E402
+from vaejax.training import memory  # noqa: E402
+from vaejax.training.executor import Executor, resolve_chunk_size  # noqa: E402
+from vaejax.training.optimizer import make_optimizer  # noqa: E402
+from vaejax.training.state import init_stack  # noqa: E402
+from vaejax.training.step import Hyperparams, make_train_step, stack_hyperparams  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", ["mlp", "conv"], "Any of mlp, conv.")
 _NUM_MODELS = flags.DEFINE_list("num_models", ["1", "4", "16", "64"], "Sweep sizes M.")
 _STRATEGIES = flags.DEFINE_list(
-    "strategies", ["sequential", "vmap", "chunked"], "Sweep strategies to time.")
+    "strategies", ["sequential", "vmap", "chunked"], "Executor strategies to time.")
 _CHUNK = flags.DEFINE_integer("chunk_size", 4, "Models per program of 'chunked'.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Steps of every model per timed repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.")
 _MAX_MODEL_STEPS = flags.DEFINE_integer(
     "max_model_steps", 0, "If > 0, cap M × steps per repeat by lowering steps (slow CPUs).")
 _OUT = flags.DEFINE_string("out", "", "Also write the markdown table to this file.")
+
+LEARNING_RATE = 1e-4
+MAX_CONSECUTIVE_SKIPS = 10
 
 
 def make_setup(name: str):
@@ -88,11 +103,16 @@ def make_setup(name: str):
   raise ValueError(f"Unknown model {name!r}; expected mlp or conv.")
 
 
+def _strategy_name(chunk_size: int, num_models: int) -> str:
+  return "sequential" if chunk_size == 1 else "vmap" if chunk_size == num_models else "chunked"
+
+
 def run_config(name: str, num_models: int, strategies: list[str]) -> list[dict]:
   model, shape, batch_size, sampler = make_setup(name)
-  optimizer = train.make_optimizer(1e-4)
-  step_fn = train.make_train_step(model, optimizer)
-  specs = [sweep.ModelSpec(i, LossSettings(beta=1.0 + i % 4)) for i in range(num_models)]
+  optimizer = make_optimizer()
+  step_fn = make_train_step(model, optimizer)
+  seeds = list(range(num_models))
+  hypers = [Hyperparams(LossSettings(beta=1.0 + i % 4), LEARNING_RATE, 0) for i in seeds]
   steps = _STEPS.value
   if _MAX_MODEL_STEPS.value:
     steps = max(1, min(steps, _MAX_MODEL_STEPS.value // num_models))
@@ -101,51 +121,51 @@ def run_config(name: str, num_models: int, strategies: list[str]) -> list[dict]:
     key = jax.random.fold_in(jax.random.key(seed), 7)
     return sampler(jax.random.fold_in(key, step), batch_size)
 
-  state0 = sweep.init_state(model, optimizer, [s.seed for s in specs], shape)
+  state0 = init_stack(model, optimizer, seeds, shape)
 
-  # The baseline: one jitted single-model step; run r takes `steps` steps, then run r+1.
-  def single(state, seed, settings):
-    batch = jax.lax.optimization_barrier(batch_fn(seed, state.step))
-    return step_fn(state, batch, settings)
+  def executor(models_seeds, models_hypers, chunk_size):
+    return Executor(step_fn, models_seeds, stack_hyperparams(models_hypers),
+                    chunk_size=chunk_size, max_consecutive_skips=MAX_CONSECUTIVE_SKIPS,
+                    batch_fn=batch_fn)
 
-  single = jax.jit(single, donate_argnums=0)
-  settings = sweep.settings_arrays(specs)
-  per_model = [(jax.tree.map(lambda x, i=i: x[i], state0.models), jnp.uint32(s.seed),
-                jax.tree.map(lambda a, i=i: jnp.asarray(a[i]), settings))
-               for i, s in enumerate(specs)]
+  # The baseline: M single-model executors (one shared compiled program), one after another.
+  singles = []
+  for i in seeds:
+    single = executor([seeds[i]], [hypers[i]], 1)
+    single.load(jax.tree.map(lambda x, i=i: x[i:i + 1], state0))
+    singles.append(single)
 
   def baseline():
     out = None
-    for i, (state, seed, st) in enumerate(per_model):
+    for single in singles:
       for _ in range(steps):
-        state, out = single(state, seed, st)
-      per_model[i] = (state, seed, st)
+        out = single.step()
     return out
 
+  auto = _strategy_name(resolve_chunk_size("auto", num_models), num_models)
   variants = {"baseline": baseline}
   notes = {}
-  for strategy in strategies:
-    size = sweep.resolve_chunk_size(strategy, num_models, chunk_size=min(_CHUNK.value,
-                                                                       num_models))
+  for strategy in dict.fromkeys([*strategies, auto]):
+    size = resolve_chunk_size(strategy, num_models,
+                              chunk_size=min(_CHUNK.value, num_models))
     if strategy == "chunked" and size in (1, num_models):
       continue  # the same as sequential or vmap
-    executor = sweep.SweepExecutor(step_fn, [s.seed for s in specs], settings, chunk_size=size,
-                                   max_consecutive_skips=10, batch_fn=batch_fn)
-    executor.load(state0)
+    stack = executor(seeds, hypers, size)
+    stack.load(state0)
     if size > 1:
-      temp = executor.program_temp_bytes()
       try:
-        sharding.check_memory(num_models=num_models,
-                              bytes_per_model=sharding.tree_bytes(state0) // num_models,
-                              parallel_bytes=temp, budget=sharding.memory_budget())
-      except sharding.SweepMemoryError as e:
+        memory.check_memory(num_models=num_models,
+                            bytes_per_model=memory.tree_bytes(state0) // num_models,
+                            parallel_bytes=stack.program_temp_bytes(),
+                            budget=memory.memory_budget())
+      except memory.MemoryBudgetError as e:
         notes[strategy] = f"does not fit: {e}"
         continue
 
-    def run(executor=executor):
+    def run(stack=stack):
       out = None
       for _ in range(steps):
-        out = executor.step()
+        out = stack.step()
       return out
 
     variants[strategy] = run
@@ -160,13 +180,11 @@ def run_config(name: str, num_models: int, strategies: list[str]) -> list[dict]:
       times[key].append(time.perf_counter() - start)
   base = num_models * steps / statistics.median(times["baseline"])
   base_best = num_models * steps / min(times["baseline"])
-  auto = sweep.resolve_chunk_size("auto", num_models)
-  auto_name = "sequential" if auto == 1 else "vmap"
   rows = []
   for key in list(variants) + list(notes):
     row = {"model": name, "num_models": num_models, "variant": key, "steps": steps,
            "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-           "auto": key == auto_name}
+           "auto": key == auto}
     if key in variants:
       rate = num_models * steps / statistics.median(times[key])
       best = num_models * steps / min(times[key])

@@ -8,9 +8,10 @@ on the device (training on procedural dSprites renders the batch inside the step
 ``render_speed.py`` times that part), after compiling and a warm-up, blocking on the
 results, median of repeats, and prints one JSON line:
 
-* ``--framework=jax`` (default): the step of :func:`vaejax.train_step.make_train_step`,
-  jit-compiled exactly as :func:`vaejax.train.train_and_evaluate` compiles it (non-finite
-  guard and metrics included);
+* ``--framework=jax`` (default): the step of :func:`vaejax.training.step.make_train_step`,
+  jit-compiled as the training loop compiles a single run's program (the masked step of
+  :func:`~vaejax.training.step.make_masked_step` with ``lax.cond``, the state donated;
+  non-finite guard, per-model hyper-parameters and metrics included);
 * ``--framework=torch``: :mod:`experiments.benchmarks.torch_models` (same architecture,
   loss, optimizer and initial weights; eager mode; ``torch.set_num_threads(--torch_threads)``);
 * ``--framework=compare``: both, interleaved repeat by repeat (``timing.interleaved_rates``),
@@ -25,9 +26,10 @@ shared ``mnist10k.npz`` when present, else random binary images of the same size
 Threads: XLA:CPU runs its ops on an intra-op pool of one thread per core (its YNNPACK
 matmuls also use a pool of their own); ``XLA_FLAGS`` must be set before Python starts
 (the line records ``xla_flags``). PyTorch uses ``--torch_threads`` OpenMP threads.
-The harness needs only jax, flax, optax, chex and absl (torch for the baseline), so it
-runs with ``PYTHONPATH=.`` on an accelerator host; ``backend`` tells where JAX ran
-(the PyTorch baseline always runs on the CPU).
+The harness needs only jax, flax, optax, chex and absl (torch for the baseline): of vaejax
+it imports the models and ``vaejax.training.{step,state,optimizer}``, which do not import
+ml_collections, so it runs with ``PYTHONPATH=.`` on an accelerator host; ``backend`` tells
+where JAX ran (the PyTorch baseline always runs on the CPU).
 """
 
 from __future__ import annotations
@@ -44,10 +46,13 @@ import numpy as np
 
 from experiments.benchmarks import timing
 from vaejax import models, objectives
-from vaejax import train_step as train_step_lib
+from vaejax.training.optimizer import make_optimizer
+from vaejax.training.state import StackState, create_train_state
+from vaejax.training.step import Hyperparams, make_masked_step, make_train_step
 
 IMAGE_SHAPES = {"conv_vae": (64, 64, 1), "mlp_vae": (28, 28, 1)}
 LEARNING_RATE = 1e-4  # disentanglement_lib's Adam(1e-4, 0.9, 0.999, 1e-8)
+MAX_CONSECUTIVE_SKIPS = 10  # the config default (a guard that never triggers here)
 
 
 def make_images(model_name: str, batch_size: int, seed: int) -> tuple[np.ndarray, str]:
@@ -68,24 +73,34 @@ def make_images(model_name: str, batch_size: int, seed: int) -> tuple[np.ndarray
 
 
 class JaxRunner:
-  """The vaejax train step, jit-compiled as the training loop compiles it."""
+  """The vaejax train step, jit-compiled as the training loop compiles a single run.
+
+  A single run is a chunk of one model: the masked step over a
+  :class:`~vaejax.training.state.StackState` with unstacked leaves (``lax.cond`` skips a
+  diverged model), its state donated, the hyper-parameters traced float32 numbers.
+  """
 
   def __init__(self, model_name: str, images: np.ndarray, seed: int, conv_impl: str = "fast",
                dtype: str = "float32"):
     self.model = models.create_model(
         {"name": model_name, "conv_impl": conv_impl, "dtype": dtype}, images.shape[1:])
-    optimizer = train_step_lib.make_optimizer(LEARNING_RATE)
-    self.state = train_step_lib.create_train_state(self.model, optimizer, seed, images.shape[1:])
-    self.initial_params = jax.device_get(self.state.params)
-    self.step = jax.jit(train_step_lib.make_train_step(self.model, optimizer))
+    optimizer = make_optimizer()  # Adam's direction; the step applies the rate
+    state = create_train_state(self.model, optimizer, seed, images.shape[1:])
+    self.initial_params = jax.device_get(state.params)
+    self.state = StackState(models=state, active=jnp.asarray(True),
+                            masked_at=jnp.asarray(-1, jnp.int32))
+    step = make_masked_step(make_train_step(self.model, optimizer), MAX_CONSECUTIVE_SKIPS,
+                            use_cond=True)
+    self.step = jax.jit(step, donate_argnums=0)
     self.batch = {"image": jax.device_put(images)}
-    self.settings = jax.tree.map(jnp.asarray, objectives.LossSettings())
+    self.hyper = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32),
+                              Hyperparams(objectives.LossSettings(), LEARNING_RATE, 0))
     self.metrics = None
 
   def run(self, steps: int) -> None:
     state = self.state
     for _ in range(steps):
-      state, self.metrics = self.step(state, self.batch, self.settings)
+      state, self.metrics = self.step(state, self.batch, self.hyper)
     self.state = jax.block_until_ready(state)
 
   def loss(self) -> float:

@@ -12,24 +12,17 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs import betavae_dsprites
-from vaejax import sweep
+from experiments.configs import sweep_beta_dsprites
 
-LAMBDAS = (0.0, 0.25, 0.5, 1.0, 2.0)
+PRESETS = sweep_beta_dsprites.PRESETS
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-  config = betavae_dsprites.get_config(preset)
+  config = sweep_beta_dsprites.get_config(preset)
   config.loss.beta = 4.0
-  config.sweep = sweep.sweep_config({"free_bits": LAMBDAS}, seeds=(0, 1, 2))
-  config.figures.enabled = False
+  config.grid = ("loss.free_bits=0,0.25,0.5,1,2", "seed=0,1,2")
   if preset == "cpu":
-    config.num_steps = 1_000
-    config.checkpoint_every = 250
-    config.eval_every = 500
-    config.sweep.grid.free_bits = (0.0, 0.5, 2.0)
-    config.sweep.seeds = (0, 1)
+    config.grid = ("loss.free_bits=0,0.5,2", "seed=0,1")
   elif preset == "test":
-    config.sweep.grid.free_bits = (0.0, 1.0)
-    config.sweep.seeds = (0,)
+    config.grid = ("loss.free_bits=0,1", "seed=0")
   return config

@@ -13,21 +13,19 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs import vae_mnist
-from vaejax import sweep
 
-LAMBDAS = (0.0, 0.1, 0.25, 0.5, 1.0)
+PRESETS = vae_mnist.PRESETS
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config = vae_mnist.get_config(preset)
-  config.sweep = sweep.sweep_config({"free_bits": LAMBDAS}, seeds=(0, 1, 2))
-  config.figures.enabled = False
+  config.evals.figures.at_end = False
+  config.grid = ("loss.free_bits=0,0.1,0.25,0.5,1", "seed=0,1,2")
   if preset != "test":
     config.model.latent_dim = 32
   if preset == "cpu":
-    config.sweep.seeds = (0, 1)
+    config.grid = ("loss.free_bits=0,0.1,0.25,0.5,1", "seed=0,1")
   elif preset == "test":
-    config.sweep.grid.free_bits = (0.0, 0.5)
-    config.sweep.seeds = (0, 1)
+    config.grid = ("loss.free_bits=0,0.5", "seed=0,1")
     config.eval.num_batches = 1
   return config

@@ -38,7 +38,7 @@ def _cpu(config: ml_collections.ConfigDict) -> None:
   config.num_steps = 2_000
   config.log_every = 50
   config.checkpoint_every = 500
-  config.eval_every = 500
+  config.evals.elbo.every = 500
 
 
 def _test(config: ml_collections.ConfigDict) -> None:
@@ -46,7 +46,7 @@ def _test(config: ml_collections.ConfigDict) -> None:
   config.batch_size = 8
   config.log_every = 1
   config.checkpoint_every = 2
-  config.eval_every = 4
+  config.evals.elbo.every = 4
   config.eval.num_batches = 1
   config.eval.batch_size = 16
   config.model.hidden_sizes = (32,)
@@ -63,7 +63,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
   config.learning_rate = 1e-3
   config.log_every = 100
   config.checkpoint_every = 2_000
-  config.eval_every = 2_000
+  config.evals.elbo.every = 2_000
   config.model.name = "mlp_vae"
   config.model.latent_dim = 16
   config.model.hidden_sizes = (512, 256)

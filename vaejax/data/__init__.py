@@ -7,12 +7,15 @@
 >>> it.position           # save in the checkpoint; resume with start_step=position
 
 Names: ``dsprites_procedural``, ``dsprites`` (DeepMind npz/HDF5 via ``path``, else
-TFDS via ``data_dir``), ``mnist`` and ``binarized_mnist`` (TFDS), ``mnist_npz``.
+TFDS via ``data_dir``), ``mnist`` and ``binarized_mnist`` (TFDS), ``mnist_npz`` (one
+npz), ``mnist_idx`` (LeCun's IDX files) and ``binarized_mnist_amat`` (Larochelle &
+Murray's .amat files; the binarisation of the published likelihoods).
 """
 
 from vaejax.data import dsprites
 from vaejax.data import dsprites_data as _dsprites_data  # registers the dSprites datasets
 from vaejax.data import mnist as _mnist  # registers the MNIST datasets
+from vaejax.data import mnist_files as _mnist_files  # registers the IDX and .amat readers
 from vaejax.data.arrays import BINARIZE_MODES, ArrayDataset, SplitArrays
 from vaejax.data.base import Batch, BatchIterator, Dataset
 from vaejax.data.dsprites_data import ProceduralDSprites, sample_batch
@@ -40,4 +43,4 @@ __all__ = [
     "shared_data_dir",
 ]
 
-del _dsprites_data, _mnist
+del _dsprites_data, _mnist, _mnist_files

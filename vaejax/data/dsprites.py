@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vaejax.data import files
+
 FACTOR_NAMES = ("color", "shape", "scale", "orientation", "pos_x", "pos_y")
 FACTOR_SIZES = (1, 3, 6, 40, 32, 32)
 NUM_IMAGES = int(np.prod(FACTOR_SIZES))  # 737,280
@@ -345,4 +347,6 @@ def load_deepmind_file(path: str | Path) -> DSpritesArrays:
     return validate_arrays(h5["imgs"], h5["latents/classes"][()], h5["latents/values"][()],
                             {}, str(path))
   raise ValueError(
-      f"{path} is neither an npz (zip) nor an HDF5 file (first bytes {magic!r}). {_HOW_TO_GET}")
+      f"{path} is not an npz file (nor HDF5): it holds {files.describe(magic)} (first bytes "
+      f"{magic!r}); expected DeepMind's dSprites npz (a zip of .npy arrays) or its HDF5 file. "
+      f"{_HOW_TO_GET}")

@@ -1,4 +1,7 @@
-"""MNIST: from an npz file (offline) or from TFDS (``mnist``, ``binarized_mnist``)."""
+"""MNIST: from an npz file (offline) or from TFDS (``mnist``, ``binarized_mnist``).
+
+LeCun's IDX files and the binarised .amat files are read by ``mnist_files``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vaejax.data import arrays, registry, tfds_io
+from vaejax.data import arrays, files, registry, tfds_io
 
 NUM_CLASSES = 10
 NPZ_FILENAME = "mnist10k.npz"
@@ -23,11 +26,13 @@ def shared_data_dir() -> Path:
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
   """Validated (images (N, H, W, 1), labels (N,), max_value) from an MNIST npz."""
-  how = (f"Expected an npz with 'images' (N, 28, 28) uint8 in 0..255 (or float in [0, 1]) and "
-         f"'labels' (N,) in 0..9, such as the project's ../shared/data/{NPZ_FILENAME} "
+  how = ("Expected an npz with 'images' (N, H, W) or (N, H, W, 1) grey images of any size "
+         "(MNIST's are 28 x 28), uint8 in 0..255 or float in [0, 1], and 'labels' (N,) "
+         f"integers in 0..9, such as the project's ../shared/data/{NPZ_FILENAME} "
          "(pass path= or set VAEJAX_DATA_DIR); or use the TFDS dataset 'mnist'.")
   if not path.is_file():
     raise FileNotFoundError(f"No MNIST npz at {path.resolve()}. {how}")
+  files.check_npz(path, how)
   try:
     with np.load(path, allow_pickle=False) as data:
       missing = {"images", "labels"} - set(data.files)
@@ -39,8 +44,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
     raise ValueError(f"Could not read {path} as an npz ({e}). {how}") from e
   if images.ndim == 4 and images.shape[-1] == 1:
     images = images[..., 0]
-  if images.ndim != 3:
-    raise ValueError(f"{path}: images have shape {images.shape}, expected (N, H, W). {how}")
+  if images.ndim != 3 or min(images.shape[1:]) < 1:
+    raise ValueError(
+        f"{path}: images have shape {images.shape}, expected (N, H, W) or (N, H, W, 1). {how}")
   if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(
         f"{path}: labels have shape {labels.shape} and dtype {labels.dtype}, expected "
@@ -63,7 +69,11 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
 @registry.register("mnist_npz")
 def mnist_npz(*, path: str | os.PathLike | None = None, test_fraction: float = 0.2,
               binarize: str = "none", binarize_seed: int = 0) -> arrays.ArrayDataset:
-  """MNIST digits from an npz with ``images`` and ``labels``.
+  """MNIST digits (or any grey images with labels 0..9) from an npz with ``images``, ``labels``.
+
+  ``images`` is (N, H, W) or (N, H, W, 1), uint8 in 0..255 or float in [0, 1],
+  of any size: the dataset's ``image_shape`` is (H, W, 1), and models are built
+  from it. ``labels`` is (N,) integers in 0..9.
 
   The split is fixed, not seeded: the last ``round(N * test_fraction)`` rows are
   "test", the rest "train" (the shipped mnist10k.npz is already shuffled).

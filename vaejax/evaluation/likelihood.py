@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaejax import distributions
+# The one log-weight function, shared with the training objectives; public here as before.
+from vaejax.objectives import log_importance_weight  # noqa: F401
 from vaejax.types import VAEOutput
 
 Array = jax.Array
@@ -90,25 +92,6 @@ def mean_kl_per_dim(
 # ----------------------------------------------------------------------------- IWAE
 
 
-def log_importance_weight(x: ArrayLike, outputs: VAEOutput) -> Array:
-  r"""Per-example :math:`\log w = \log p(x|z) + \log p(z) - \log q(z|x)` for the z in ``outputs``.
-
-  ``log p(z)`` is N(0, I) or, for hierarchical models, the joint of the per-level
-  top-down priors carried in ``outputs`` (all levels are summed). Its expectation
-  under q is the ELBO.
-  """
-  x = jnp.asarray(x)
-  log_px = distributions.likelihood_log_prob(x, outputs.likelihood)
-  log_px = jnp.sum(log_px.reshape(x.shape[0], -1), axis=-1)
-  if outputs.prior_mean is None:
-    log_pz = distributions.standard_normal_log_prob(outputs.z)
-  else:
-    log_pz = distributions.diag_gaussian_log_prob(
-        outputs.z, outputs.prior_mean, outputs.prior_log_var)
-  log_qz = distributions.diag_gaussian_log_prob(outputs.z, outputs.mean, outputs.log_var)
-  return log_px + jnp.sum(log_pz - log_qz, axis=-1)
-
-
 def iwae_log_likelihood(
     sample_outputs: Callable[[Array], VAEOutput],
     x: ArrayLike,
@@ -121,7 +104,9 @@ def iwae_log_likelihood(
   A lower bound on log p(x) that tightens as K grows (Burda et al. 2015); K = 1 is an
   unbiased estimate of the ELBO. The K samples are drawn in chunks of ``chunk_size``
   (vmapped within a chunk, a running logsumexp across chunks under ``lax.scan``), so
-  memory does not grow with K and K = 5000 fits.
+  memory does not grow with K and K = 5000 fits. The log weights come from
+  :func:`vaejax.objectives.log_importance_weight` (re-exported here), the function the
+  importance-weighted training loss :func:`vaejax.objectives.iwae_loss` uses too.
 
   Args:
     sample_outputs: ``key -> VAEOutput`` for the batch ``x`` (one posterior sample per

@@ -10,28 +10,23 @@ the encoder mean, :math:`r(x) = \mu_\phi(x) = \mathbb{E}_{q_\phi(z|x)}[z]`.
   named preset (:data:`METRIC_PRESETS`): ``"dlib"`` = disentanglement_lib's defaults (an
   accelerator job: ~3M encoder calls), ``"cpu"`` = reduced counts that take about a
   minute on 2 CPU cores, ``"test"`` = tiny counts for tests.
-* :func:`evaluate_run` evaluates the newest checkpoint of a training run and writes
-  ``WORKDIR/disentanglement.json``; re-running it with the same settings on the same
-  checkpoint reads that file instead of recomputing.
+* The ``disentanglement`` evaluator (:mod:`vaejax.evaluation.evaluators`) runs them on
+  every model of a run or sweep and writes ``disentanglement.json`` per model.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+from absl import logging
 
 from vaejax.evaluation import disentanglement
 
-RESULTS_FILE = "disentanglement.json"
 DEFAULT_BATCH_SIZE = 256  # = disentanglement.represent's chunk: one call per chunk
 
 # Per-metric keyword overrides of evaluate_all. "dlib" keeps every sample count at
@@ -96,7 +91,7 @@ def describe_preset(preset: str) -> str:
   return f"reduced metric sample counts ({preset!r}: " + ", ".join(parts) + ")"
 
 
-def _check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
+def check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
   names = tuple(disentanglement.METRICS) if not metrics else tuple(metrics)
   unknown = [m for m in names if m not in disentanglement.METRICS]
   if unknown:
@@ -206,7 +201,7 @@ def evaluate_disentanglement(
   Returns:
     ``evaluate_all``'s flat dict, e.g. ``{"mig/discrete_mig": 0.21, ...}``.
   """
-  names = _check_metrics(metrics)
+  names = check_metrics(metrics)
   base = check_preset(preset)
   for name in overrides:
     if name not in disentanglement.METRICS:
@@ -224,7 +219,8 @@ def evaluate_disentanglement(
     merged.setdefault("chunk_size", batch_size)
     kwargs[name] = merged
   scores = {}
-  for name in names:  # one at a time, to time each; evaluate_all seeds each metric afresh
+  for i, name in enumerate(names):  # one at a time, to time each; each seeded afresh
+    logging.info("Disentanglement metric %d/%d: %s (%s)...", i + 1, len(names), name, preset)
     wall, cpu = time.perf_counter(), time.process_time()
     scores.update(disentanglement.evaluate_all(ground_truth, representation_fn, seed=seed,
                                                metrics=(name,), **{name: kwargs[name]}))
@@ -232,151 +228,3 @@ def evaluate_disentanglement(
       timings[name] = {"seconds": round(time.perf_counter() - wall, 2),
                        "cpu_seconds": round(time.process_time() - cpu, 2)}
   return scores
-
-
-# ----------------------------------------------------------------------------- a training run
-
-
-def disentanglement_config(enabled: bool = False, preset: str = "dlib",
-                           seed: int = 0) -> ml_collections.ConfigDict:
-  """The ``disentanglement`` config group a training config may carry.
-
-  Keys: ``enabled`` (evaluate at the end of training), ``preset`` (a key of
-  :data:`METRIC_PRESETS`), ``seed`` (the metrics' seed), ``metrics`` (names; empty = all).
-  """
-  check_preset(preset)
-  return ml_collections.ConfigDict({
-      "enabled": enabled, "preset": preset, "seed": seed, "metrics": (),
-  })
-
-
-def resolve_settings(config: Any, preset: str | None = None, seed: int | None = None,
-                     metrics: Sequence[str] | None = None) -> tuple[str, int, tuple[str, ...]]:
-  """``(preset, seed, metric names)``: the arguments, else ``config.disentanglement``, else
-  ``("dlib", 0, all metrics)``; raises ValueError for an unknown preset or metric."""
-  group = config.get("disentanglement")
-  group = {} if group is None else group
-  preset = group.get("preset", "dlib") if preset is None else preset
-  seed = group.get("seed", 0) if seed is None else seed
-  metrics = group.get("metrics", ()) if metrics is None else metrics
-  check_preset(preset)
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f"The disentanglement seed must be an int >= 0, got {seed!r}.")
-  return preset, int(seed), _check_metrics(metrics)
-
-
-def _newest_step(workdir: Path) -> int:
-  from vaejax import checkpointing  # pylint: disable=g-import-not-at-top
-
-  ckpt_dir = workdir / checkpointing.CHECKPOINT_DIR
-  step = None
-  if ckpt_dir.is_dir():
-    with checkpointing.Checkpointer(ckpt_dir) as ckpt:
-      step = ckpt.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"No checkpoints in {ckpt_dir}: train the run first.")
-  return int(step)
-
-
-def _restore_params(model: Any, image_shape: Sequence[int], workdir: Path, step: int) -> Any:
-  """The ``params`` of checkpoint ``step``, checked against the model's parameter shapes."""
-  from vaejax import checkpointing  # pylint: disable=g-import-not-at-top
-
-  ckpt_dir = workdir / checkpointing.CHECKPOINT_DIR
-  with checkpointing.Checkpointer(ckpt_dir) as ckpt:
-    state, _ = ckpt.restore(step)  # no target: nested dicts, no train-state init to compile
-  params = state["params"]
-  key = jax.random.key(0)
-  expected = jax.eval_shape(  # traced, not compiled
-      lambda: model.init({"params": key, "sample": key}, jnp.zeros((1, *image_shape)))["params"])
-  shapes = jax.tree.map(lambda a: tuple(a.shape), params)
-  if jax.tree.map(lambda a: tuple(a.shape), expected) != shapes:
-    raise ValueError(f"The checkpoint {ckpt_dir / str(step)} holds parameters of another "
-                     f"architecture than config.model ({type(model).__name__}); evaluate it "
-                     "with the config it was trained with.")
-  return params
-
-
-def read_results(workdir: str | os.PathLike) -> dict[str, Any] | None:
-  """``WORKDIR/disentanglement.json`` as a dict, or None when absent."""
-  path = Path(workdir) / RESULTS_FILE
-  return json.loads(path.read_text()) if path.exists() else None
-
-
-def evaluate_run(
-    config: ml_collections.ConfigDict,
-    workdir: str | os.PathLike,
-    *,
-    dataset: Any = None,
-    params: Any = None,
-    step: int | None = None,
-    preset: str | None = None,
-    seed: int | None = None,
-    metrics: Sequence[str] | None = None,
-    force: bool = False,
-) -> dict[str, Any]:
-  """Scores a training run's newest checkpoint; writes and returns ``disentanglement.json``.
-
-  Settings come from the arguments, else the config's ``disentanglement`` group, else
-  ``preset="dlib"``, ``seed=0``, all metrics. When the file already holds the same step
-  and settings it is returned as it is (unless ``force``), so a re-run is free.
-
-  Args:
-    config: the run's training config (``model``, ``data``, ``seed``, ...).
-    workdir: the run directory (holding ``checkpoints/``).
-    dataset: the dataset object (default: ``vaejax.data.load(config.data)``); its
-      ``ground_truth`` supplies factors and observations.
-    params, step: evaluate these parameters (e.g. the final train state's) instead of
-      restoring the newest checkpoint; ``step`` labels them.
-    preset, seed, metrics: see :func:`evaluate_disentanglement`.
-    force: recompute even when the file is up to date.
-
-  Returns:
-    ``{"step", "preset", "preset_description", "seed", "metrics", "sample_counts",
-    "scores": {...}, "seconds", "cpu_seconds", ...}``.
-  """
-  from vaejax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from vaejax import models as models_lib  # pylint: disable=g-import-not-at-top
-
-  workdir = Path(workdir).resolve()
-  preset, seed, names = resolve_settings(config, preset, seed, metrics)
-  if (params is None) != (step is None):
-    raise ValueError("Pass params and step together (or neither, to restore the newest "
-                     "checkpoint).")
-  dataset = data_lib.load(config.data) if dataset is None else dataset
-  ground_truth = getattr(dataset, "ground_truth", None)
-  if ground_truth is None:
-    raise ValueError(f"Dataset {getattr(dataset, 'name', dataset)!r} has no ground-truth "
-                     "factors; the disentanglement metrics need one (e.g. dSprites).")
-  model = models_lib.create_model(config.model, tuple(dataset.image_shape),
-                                  dataset.num_classes)
-  _check_unconditional(model)
-  restore = params is None
-  if restore:
-    step = _newest_step(workdir)
-  previous = read_results(workdir)
-  settings = {"step": int(step), "preset": preset, "seed": seed, "metrics": list(names)}
-  if previous is not None and not force and all(
-      previous.get(k) == v for k, v in settings.items()):
-    return previous  # up to date: no restore, no recomputation
-  if restore:
-    params = _restore_params(model, dataset.image_shape, workdir, step)
-  start, cpu_start = time.perf_counter(), time.process_time()
-  timings: dict[str, dict[str, float]] = {}
-  scores = evaluate_disentanglement(model, params, ground_truth, seed, preset, metrics=names,
-                                    timings=timings)
-  result = {
-      **settings,
-      "preset_description": describe_preset(preset),
-      "sample_counts": {n: METRIC_PRESETS[preset].get(n, "defaults") for n in names},
-      "scores": scores,
-      "seconds": round(time.perf_counter() - start, 2),
-      "cpu_seconds": round(time.process_time() - cpu_start, 2),
-      "seconds_per_metric": timings,
-      "data": getattr(dataset, "name", None),
-  }
-  workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / (RESULTS_FILE + ".tmp")
-  tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-  tmp.replace(workdir / RESULTS_FILE)  # atomic: a killed run leaves no torn file
-  return result

@@ -25,6 +25,9 @@ its prior (μ^q = μ^p + Δμ, log σ^{q2} = log σ^{p2} + Δ), which keeps earl
 All log-variances are soft-clamped to (−10, 10) by 10·tanh(·/10) (identity near 0), so
 one bad step cannot overflow the variances that feed the levels below. Gradient clipping
 and counted skipping of non-finite updates live in the train step.
+
+``posterior_min_variance`` > 0 floors every level's posterior variance smoothly after the
+soft clamp (:func:`vaejax.models.vae.floor_posterior`); the priors are not floored.
 """
 
 from __future__ import annotations
@@ -52,6 +55,23 @@ def soft_clamp(x: Array, bound: float = LOG_VAR_BOUND) -> Array:
   return bound * jnp.tanh(x / bound)
 
 
+def check_temperature(temperature: Any) -> None:
+  """A sampling temperature must be a finite number ≥ 0 (checked when it is concrete)."""
+  if isinstance(temperature, jax.core.Tracer):
+    return
+  value = np.asarray(temperature)
+  if value.dtype == bool or value.dtype.kind not in "iuf" or value.ndim != 0 or not (
+      np.isfinite(value) and value >= 0
+  ):
+    raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}.")
+
+
+def sample_tempered(key: Array, mean: Array, log_var: Array, temperature: Any) -> Array:
+  r"""z = μ + T·σ·ε, ε ~ N(0, I): a draw from N(μ, T²σ²); T = 0 gives μ exactly."""
+  eps = jax.random.normal(key, mean.shape, mean.dtype)
+  return mean + jnp.asarray(temperature, mean.dtype) * jnp.exp(0.5 * log_var) * eps
+
+
 class _Heads(nn.Module):
   """(mean, log_var) heads; zero-initialised when ``zero_init`` (prior heads)."""
 
@@ -74,7 +94,8 @@ class HierarchicalVAE(nn.Module):
     image_shape: (H, W, C) of the data.
     latent_sizes: dimension of z_1, …, z_L (level 1 next to the data); L ≥ 1.
     hidden_size: width of every deterministic layer.
-    likelihood, likelihood_variance, min_variance: as in :class:`vaejax.models.VAE`.
+    likelihood, likelihood_variance, min_variance, posterior_min_variance: as in
+      :class:`vaejax.models.VAE`.
   """
 
   image_shape: tuple[int, int, int]
@@ -83,6 +104,7 @@ class HierarchicalVAE(nn.Module):
   likelihood: str = "bernoulli"
   likelihood_variance: float = 1.0
   min_variance: float | None = None
+  posterior_min_variance: float = 0.0
 
   def __post_init__(self):
     networks.check_output_shape(self.image_shape, "image_shape")
@@ -92,6 +114,7 @@ class HierarchicalVAE(nn.Module):
     vae.check_likelihood(self.likelihood)
     vae.check_variance(self.likelihood_variance, "likelihood_variance")
     vae.check_variance(self.min_variance, "min_variance", allow_none=True)
+    vae.check_posterior_floor(self.posterior_min_variance)
     super().__post_init__()
 
   @property
@@ -158,7 +181,9 @@ class HierarchicalVAE(nn.Module):
       context = features[level] if state is None else jnp.concatenate(
           [state, features[level]], axis=-1)
       delta_mean, delta_log_var = self.posterior_heads[level](context)
-      mean, log_var = prior_mean + delta_mean, soft_clamp(prior_log_var + delta_log_var)
+      mean = prior_mean + delta_mean
+      log_var = vae.floor_posterior(soft_clamp(prior_log_var + delta_log_var),
+                                    self.posterior_min_variance)
       z = (distributions.sample_diag_gaussian(self.make_rng("sample"), mean, log_var)
            if sample else mean)
       state = self._step_down(level, state, z)
@@ -202,12 +227,17 @@ class HierarchicalVAE(nn.Module):
       state = self._step_down(level, state, parts[level])
     return self._likelihood(state)
 
-  def sample_prior(self, num: int) -> tuple[Array, dict[str, Array]]:
-    """Ancestral sample z ~ p(z_L) ∏ p(z_l | z_>l) (RNG "sample"); returns (z, p(x|z) params)."""
+  def sample_prior(self, num: int, temperature: float = 1.0) -> tuple[Array, dict[str, Array]]:
+    """Ancestral sample z ~ p(z_L) ∏ p(z_l | z_>l) (RNG "sample"); returns (z, p(x|z) params).
+
+    ``temperature`` T ≥ 0 scales every level's prior standard deviation (z_l ~
+    N(μ_l, T²σ_l²)): 1 samples the model, 0 follows the prior means (deterministic).
+    """
+    check_temperature(temperature)
     state, parts = None, []
     for level in reversed(range(self.num_levels)):
       mean, log_var = self._prior(level, state, num)
-      z = distributions.sample_diag_gaussian(self.make_rng("sample"), mean, log_var)
+      z = sample_tempered(self.make_rng("sample"), mean, log_var, temperature)
       state = self._step_down(level, state, z)
       parts.insert(0, z)
     return jnp.concatenate(parts, axis=-1), self._likelihood(state)
@@ -222,4 +252,5 @@ def _build_hvae(config, image_shape, num_classes):
       image_shape=image_shape, latent_sizes=sizes, hidden_size=int(config["hidden_size"]),
       likelihood=config["likelihood"], likelihood_variance=float(config["likelihood_variance"]),
       min_variance=None if config["min_variance"] is None else float(config["min_variance"]),
+      posterior_min_variance=float(config["posterior_min_variance"]),
   )

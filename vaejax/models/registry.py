@@ -34,6 +34,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "likelihood": "bernoulli",
     "likelihood_variance": 1.0,
     "min_variance": None,
+    "posterior_min_variance": 0.0,
     "conv_impl": "fast",
     "dtype": "float32",
 }
@@ -96,6 +97,7 @@ def validate_config(config: dict[str, Any]) -> None:
   vae.check_likelihood(config["likelihood"])
   vae.check_variance(config["likelihood_variance"], "likelihood_variance")
   vae.check_variance(config["min_variance"], "min_variance", allow_none=True)
+  vae.check_posterior_floor(config["posterior_min_variance"])
   fast_conv.check_conv_impl(config["conv_impl"])
   if config["dtype"] not in DTYPES:
     raise ValueError(f"Unknown dtype {config['dtype']!r}; expected one of {tuple(DTYPES)}.")
@@ -112,6 +114,8 @@ def create_model(
     model_config: Mapping or ConfigDict with ``name`` and optional keys (defaults in
       :data:`COMMON_DEFAULTS`): ``latent_dim``, ``hidden_sizes`` (MLP encoder; the decoder
       mirrors it), ``likelihood``, ``likelihood_variance``, ``min_variance``,
+      ``posterior_min_variance`` (smooth floor on the encoder's variances, 0 = off; see
+      :func:`vaejax.distributions.soft_floor_log_var`),
       ``conv_impl`` ("fast" | "fast_lax" | "textbook", see :mod:`vaejax.models.fast_conv`),
       ``dtype`` ("float32" | "bfloat16").
     image_shape: (H, W, C) of the data.
@@ -159,6 +163,7 @@ def _vae(config: dict, image_shape: tuple[int, int, int], encoder: nn.Module,
       likelihood_variance=float(config["likelihood_variance"]),
       min_variance=None if config["min_variance"] is None else float(config["min_variance"]),
       num_classes=num_classes,
+      posterior_min_variance=float(config["posterior_min_variance"]),
   )
 
 

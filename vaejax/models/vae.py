@@ -15,6 +15,10 @@ Likelihoods (the decoder's raw output ``o``):
 * ``"gaussian"``: ``{"mean": o, "log_var": log likelihood_variance}`` (fixed variance);
 * ``"gaussian_learned"``: the decoder emits 2C channels, ``o = [mean ‖ log_var]``,
   with the variance floored at ``min_variance`` when given.
+
+``posterior_min_variance`` > 0 floors the *encoder's* variances smoothly,
+:math:`σ^2 = σ^2_{\text{enc}} + v_{\min}` (:func:`vaejax.distributions.soft_floor_log_var`),
+in ``encode`` and hence in the forward pass; 0 (the default) leaves the model untouched.
 """
 
 from __future__ import annotations
@@ -60,6 +64,18 @@ def check_likelihood(likelihood: str) -> None:
     raise ValueError(f"Unknown likelihood {likelihood!r}; expected one of {LIKELIHOODS}.")
 
 
+def check_posterior_floor(value: Any) -> None:
+  """``posterior_min_variance`` must be a finite number ≥ 0 (0 = off)."""
+  distributions.check_min_variance_floor(value, "posterior_min_variance")
+
+
+def floor_posterior(log_var: Array, posterior_min_variance: float) -> Array:
+  """The posterior variance floor of every model: identity at 0, else the smooth floor."""
+  if posterior_min_variance == 0:  # off: not even a no-op in the graph
+    return log_var
+  return distributions.soft_floor_log_var(log_var, float(posterior_min_variance))
+
+
 def check_variance(value: Any, name: str, allow_none: bool = False) -> None:
   if value is None and allow_none:
     return
@@ -86,6 +102,8 @@ class VAE(nn.Module):
       fixed variance of "gaussian" is used as given).
     num_classes: > 0 makes it a conditional VAE on labels in [0, num_classes); 0 = an
       unconditional VAE, which ignores any labels it is given.
+    posterior_min_variance: smooth floor v_min ≥ 0 on the posterior variances (module
+      docstring); 0 = off.
 
   The forward pass draws ε from the ``"sample"`` RNG stream:
   ``model.apply({"params": p}, x, labels, rngs={"sample": key})``.
@@ -98,12 +116,14 @@ class VAE(nn.Module):
   likelihood_variance: float = 1.0
   min_variance: float | None = None
   num_classes: int = 0
+  posterior_min_variance: float = 0.0
 
   def __post_init__(self):
     networks.check_output_shape(self.image_shape, "image_shape")
     check_likelihood(self.likelihood)
     check_variance(self.likelihood_variance, "likelihood_variance")
     check_variance(self.min_variance, "min_variance", allow_none=True)
+    check_posterior_floor(self.posterior_min_variance)
     if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or (
         self.num_classes < 0
     ):
@@ -146,14 +166,18 @@ class VAE(nn.Module):
     return jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
 
   def encode(self, x: Array, labels: Array | None = None) -> tuple[Array, Array]:
-    """Parameters ``(mean, log_var)``, each (B, latent_dim) float32, of q(z | x[, y])."""
+    """Parameters ``(mean, log_var)``, each (B, latent_dim) float32, of q(z | x[, y]).
+
+    ``log_var`` is floored at ``log posterior_min_variance`` when that is > 0.
+    """
     x = jnp.asarray(x)
     if x.ndim != 4 or x.shape[1:] != tuple(self.image_shape):
       raise ValueError(
           f"Images must have shape (batch, {', '.join(map(str, self.image_shape))}); "
           f"got {x.shape}."
       )
-    return self.encoder(x, self._context(labels, x.shape[0]))
+    mean, log_var = self.encoder(x, self._context(labels, x.shape[0]))
+    return mean, floor_posterior(log_var, self.posterior_min_variance)
 
   def decode(self, z: Array, labels: Array | None = None) -> dict[str, Array]:
     """Likelihood parameters of p(x | z[, y]), float32, each (B, H, W, C)."""

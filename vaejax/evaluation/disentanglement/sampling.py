@@ -22,7 +22,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vaejax.evaluation.disentanglement import _checks, fixed_factor, information, prediction
+from vaejax.evaluation.disentanglement import (
+    _checks,
+    fixed_factor,
+    information,
+    prediction,
+    udr_ranking,
+    unsupervised,
+)
 
 RepresentationFn = Callable[[np.ndarray], Any]
 Seed = int | np.random.Generator
@@ -312,6 +319,99 @@ def compute_modularity_explicitness(
           **prediction.explicitness(*train, *test)}
 
 
+def compute_unsupervised(ground_truth: GroundTruth, representation_fn: RepresentationFn,
+                         seed: Seed = 0, num_train: int = 10000,
+                         num_bins: int = information.DEFAULT_NUM_BINS,
+                         chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, float]:
+  """dlib's unsupervised scores on the codes of ``num_train`` (10000) points.
+
+  Gaussian total correlation, Gaussian Wasserstein correlation (raw and divided
+  by the trace of the covariance) and the mean pairwise mutual information of
+  the codes (``num_bins`` = 20 histogram bins); see
+  :func:`~unsupervised.unsupervised_scores`. The factors are drawn (the points
+  are uniform over the factor grid) but not used.
+  """
+  rng = _rng(seed)
+  codes, _ = sample_codes_and_factors(ground_truth, representation_fn, num_train, rng,
+                                      chunk_size)
+  return unsupervised.unsupervised_scores(codes, num_bins)
+
+
+PosteriorFn = Callable[[np.ndarray], tuple[Any, Any]]
+
+
+def _posterior_in_chunks(posterior_fn: PosteriorFn, observations: np.ndarray,
+                         chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Means and log-variances ``(M, N, d)`` of ``posterior_fn`` applied in padded chunks."""
+  n = observations.shape[0]
+  means, log_vars = [], []
+  for start in range(0, n, chunk_size):
+    chunk = observations[start:start + chunk_size]
+    m = chunk.shape[0]
+    if m < chunk_size:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], chunk_size - m, axis=0)])
+    out = posterior_fn(chunk)
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+      raise ValueError("posterior_fn must return (mean, log_var), got "
+                       f"{type(out).__name__}.")
+    mean, log_var = np.asarray(out[0], np.float64), np.asarray(out[1], np.float64)
+    if mean.shape != log_var.shape or mean.ndim not in (2, 3) or mean.shape[-2] != chunk_size:
+      raise ValueError(
+          f"posterior_fn must map {chunk_size} observations to mean and log_var of shape "
+          f"({chunk_size}, d) or (num_models, {chunk_size}, d), got {mean.shape} and "
+          f"{log_var.shape}.")
+    means.append((mean[None] if mean.ndim == 2 else mean)[:, :m])
+    log_vars.append((log_var[None] if log_var.ndim == 2 else log_var)[:, :m])
+  return np.concatenate(means, axis=1), np.concatenate(log_vars, axis=1)
+
+
+def udr_sample(ground_truth: GroundTruth, posterior_fns: PosteriorFn | Sequence[PosteriorFn],
+               num_points: int, rng: np.random.Generator,
+               chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[np.ndarray, np.ndarray]:
+  """Encodes the same ``num_points`` observations with every model; returns UDR's inputs.
+
+  Args:
+    ground_truth: the dataset to draw observations from.
+    posterior_fns: per model ``fn(observations) -> (mean, log_var)``, each
+      ``(B, d)``; or one function for a stack of models returning ``(M, B, d)``
+      each (e.g. the encoder vmapped over stacked parameters).
+    num_points: observations to draw (dlib: 1,000).
+    rng: the generator.
+
+  Returns:
+    codes ``(M, num_points, d)`` (the means) and KL per latent ``(M, d)``:
+    ``mean_x 1/2 (mu^2 + exp(log_var) - log_var - 1)``.
+  """
+  num_points = _checks.check_int(num_points, "num_points", 2)
+  chunk_size = _checks.check_int(chunk_size, "chunk_size", 1)
+  _, observations = ground_truth.sample(num_points, rng)
+  observations = np.asarray(observations)
+  fns = [posterior_fns] if callable(posterior_fns) else list(posterior_fns)
+  if not fns or not all(callable(f) for f in fns):
+    raise ValueError("posterior_fns must be a callable or a non-empty sequence of callables.")
+  means, log_vars = zip(*(_posterior_in_chunks(f, observations, chunk_size) for f in fns))
+  means, log_vars = np.concatenate(means), np.concatenate(log_vars)
+  kl = 0.5 * (np.square(means) + np.exp(log_vars) - log_vars - 1.0)
+  return means, kl.mean(axis=1)
+
+
+def compute_udr(ground_truth: GroundTruth, posterior_fns: PosteriorFn | Sequence[PosteriorFn],
+                seed: Seed = 0, num_points: int = 1000, groups: Sequence[Any] | None = None,
+                method: str = "lasso", kl_threshold: float = udr_ranking.DEFAULT_KL_THRESHOLD,
+                alpha: float = udr_ranking.DEFAULT_LASSO_ALPHA,
+                chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, np.ndarray]:
+  """UDR (Duan et al. 2020) of several models on ``num_points`` (1000) shared observations.
+
+  Draws the points with :func:`udr_sample` and scores them with
+  :func:`~udr_ranking.udr`; see there for ``groups``, ``method`` and the outputs
+  (``model_scores`` (M,), ``pair_scores`` (M, M), ``similarity``, ``active``).
+  """
+  rng = _rng(seed)
+  codes, kl = udr_sample(ground_truth, posterior_fns, num_points, rng, chunk_size)
+  return udr_ranking.udr(codes, kl, groups, method, kl_threshold=kl_threshold, alpha=alpha)
+
+
+# The default set: dlib's six supervised metrics. ``evaluate_all()`` runs these.
 METRICS: dict[str, Callable[..., dict[str, float]]] = {
     "beta_vae": compute_beta_vae,
     "factor_vae": compute_factor_vae,
@@ -321,27 +421,34 @@ METRICS: dict[str, Callable[..., dict[str, float]]] = {
     "modularity_explicitness": compute_modularity_explicitness,
 }
 
+# Registered metrics that run only when named, so the default outputs stay the six above.
+OPTIONAL_METRICS: dict[str, Callable[..., dict[str, float]]] = {
+    "unsupervised": compute_unsupervised,
+}
+
 
 def evaluate_all(ground_truth: GroundTruth, representation_fn: RepresentationFn, seed: Seed = 0,
                  metrics: Sequence[str] | None = None,
                  **overrides: Mapping[str, Any]) -> dict[str, float]:
-  """Runs several metrics (default: all of :data:`METRICS`) and flattens their results.
+  """Runs several metrics (default: the six of :data:`METRICS`) and flattens their results.
 
-  Each metric gets a fresh generator from ``seed`` (as dlib evaluates every
-  metric in its own run with the same seed). Per-metric keyword arguments go in
-  ``overrides`` under the metric's name, e.g.
+  ``metrics`` may name any metric of :data:`METRICS` or :data:`OPTIONAL_METRICS`
+  (e.g. ``"unsupervised"``). Each metric gets a fresh generator from ``seed``
+  (as dlib evaluates every metric in its own run with the same seed).
+  Per-metric keyword arguments go in ``overrides`` under the metric's name, e.g.
   ``evaluate_all(data, encode, dci={"num_train": 2000}, sap={"num_test": 1000})``.
 
   Returns:
     ``{"<metric>/<score>": value}``, e.g. ``"mig/discrete_mig"``, ``"dci/completeness"``.
   """
+  registry = {**METRICS, **OPTIONAL_METRICS}
   if metrics is None:
     names = tuple(METRICS)
   else:
     names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
   for name in (*names, *overrides):
-    if name not in METRICS:
-      raise ValueError(f"unknown metric {name!r}; available: {sorted(METRICS)}.")
+    if name not in registry:
+      raise ValueError(f"unknown metric {name!r}; available: {sorted(registry)}.")
   for name, kwargs in overrides.items():
     if not isinstance(kwargs, Mapping):
       raise TypeError(f"override for {name!r} must be a dict of keyword arguments, got {kwargs!r}.")
@@ -349,6 +456,6 @@ def evaluate_all(ground_truth: GroundTruth, representation_fn: RepresentationFn,
       raise ValueError(f"override for {name!r} sets 'seed'; pass seed to evaluate_all instead.")
   results = {}
   for name in names:
-    scores = METRICS[name](ground_truth, representation_fn, seed=seed, **overrides.get(name, {}))
+    scores = registry[name](ground_truth, representation_fn, seed=seed, **overrides.get(name, {}))
     results.update({f"{name}/{key}": float(value) for key, value in scores.items()})
   return results

@@ -1,0 +1,11 @@
+"""Training: the one loop for M ≥ 1 models and its parts.
+
+``state`` (train states, stacks), ``optimizer`` (Adam's direction, per-model rates),
+``step`` (the pure train step, masking), ``mesh`` and ``memory`` (placement and budgets),
+``executor`` (programs: unbatched, vmapped or chunked), ``checkpoint`` (the one orbax
+save/restore path), ``writers`` (JSONL, TensorBoard, progress) and ``loop``
+(:func:`vaejax.training.loop.train`, :func:`~vaejax.training.loop.train_and_evaluate`).
+
+The submodules are imported on use, so the step alone (``vaejax.training.step``) loads
+without the config and data machinery (benchmarks run it on bare accelerator hosts).
+"""

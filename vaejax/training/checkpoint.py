@@ -1,0 +1,218 @@
+"""Exact-resume checkpoints with orbax: the one save and restore path of every run.
+
+A checkpoint holds two items: ``state``, the whole stacked train state (parameters,
+optimizer states, steps, PRNG keys, skip counters, which models are active), and
+``meta``, a JSON dict with the data position, the config and the grid points that
+produced the run. Orbax writes each step to a temporary directory and renames it when
+complete, so a process killed mid-write leaves the previous checkpoints readable; old
+checkpoints are deleted only after a newer one is finalized, and at least two are kept.
+
+Training resumes through :func:`latest_resumable_step` (the newest checkpoint whose
+metadata reads, checked against the config before anything compiles) and
+:func:`restore_latest` (the newest that restores cleanly); evaluation of a finished run
+reads the newest through :func:`restore_state`. A checkpoint that fails to read (a
+truncated array file, garbage metadata, a missing item) is moved to
+``checkpoints/corrupt-STEP/`` (never deleted, never in the way of a later save) with one
+warning naming it and why, and the next older one is used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from typing_extensions import Self
+
+from vaejax import config as config_lib
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class Checkpointer:
+  """A thin wrapper over ``ocp.CheckpointManager`` for (state, meta) checkpoints.
+
+  Args:
+    directory: where step directories are written.
+    max_to_keep: how many recent checkpoints to keep (at least 2, so a crash while one
+      is written never leaves none).
+    async_save: write in a background thread (the arrays are copied first, so training
+      continues safely).
+  """
+
+  def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3, async_save: bool = True):
+    if max_to_keep < 2:
+      raise ValueError(f"max_to_keep must be >= 2, got {max_to_keep}.")
+    self.directory = Path(directory).resolve()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        cleanup_tmp_directories=True,  # leftovers of a killed write
+        enable_async_checkpointing=async_save,
+    )
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "meta"))
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint's step, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, without touching its arrays."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored["meta"])
+
+  def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+    """Starts writing checkpoint ``step`` (returns before the write completes)."""
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True,
+    )
+
+  def restore(self, step: int, target: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Restores ``(state, meta)`` of checkpoint ``step`` into the structure of ``target``.
+
+    ``target`` is a state pytree of the same structure (e.g. a freshly initialised one
+    or its ``jax.eval_shape``); it only gives shapes and dtypes. Without it the state
+    comes back as the nested dicts of arrays stored on disk.
+    """
+    abstract = None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                      meta=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["meta"])
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self) -> Self:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def check_points(saved: Sequence[Mapping[str, Any]] | None, points: Sequence[Mapping[str, Any]],
+                 where: str) -> None:
+  """Raises ConfigError when a run's grid points differ from its checkpoint's."""
+  saved = [dict(p) for p in (saved or [{}])]
+  points = [config_lib.to_dict(p) for p in points]
+  if config_lib.to_dict({"p": saved}) != config_lib.to_dict({"p": points}):
+    raise config_lib.ConfigError(
+        f"The workdir holds a checkpoint ({where}) of another grid ({len(saved)} points, "
+        f"first {saved[0]}) than this run ({len(points)} points, first {points[0]}). A sweep "
+        "resumes only with the same --grid flags; use a new --workdir for another grid.")
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """After a failed read, TensorStore's completion callbacks of the other arrays fire into
+  orbax's already-closed asyncio loop and each reports an unraisable "RuntimeError: Event
+  loop is closed" traceback (dozens per failure). This hook drops exactly those; every
+  other unraisable exception still reaches the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_vaejax_drops_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook._vaejax_drops_closed_loop = True  # type: ignore[attr-defined]
+  sys.unraisablehook = hook
+
+
+def quarantine(directory: str | os.PathLike, step: int, reason: BaseException | str) -> Path:
+  """Moves checkpoint ``step`` aside to ``corrupt-STEP`` (process 0), warning in one line."""
+  _drop_closed_loop_callbacks()
+  directory = Path(directory)
+  source = directory / str(step)
+  target = directory / f"corrupt-{step}"
+  suffix = 2
+  while target.exists():
+    target = directory / f"corrupt-{step}-{suffix}"
+    suffix += 1
+  reason = " ".join(str(reason).split())[:300] or type(reason).__name__
+  if jax.process_index() == 0 and source.exists():
+    os.replace(source, target)
+  logging.warning("Checkpoint %s does not restore (%s); moved it to %s and fell back to the "
+                  "next older checkpoint.", source, reason, target)
+  return target
+
+
+def _steps(directory: Path) -> list[int]:
+  with Checkpointer(directory) as ckpt:
+    return sorted(ckpt.all_steps(), reverse=True)
+
+
+def latest_resumable_step(
+    directory: str | os.PathLike, config: Mapping[str, Any],
+    points: Sequence[Mapping[str, Any]] = ({},),
+    ignore: Iterable[str] = config_lib.RESUMABLE_KEYS,
+) -> int | None:
+  """The newest checkpoint step in ``directory`` whose metadata reads (None if none), after
+  checking that ``config`` (a plain dict) and the grid ``points`` may continue it.
+
+  Checkpoints whose metadata does not read are quarantined (:func:`quarantine`).
+  """
+  directory = Path(directory)
+  if not directory.exists():
+    return None
+  for step in _steps(directory):
+    try:
+      with Checkpointer(directory) as probe:
+        meta = probe.read_meta(step)
+      saved_config = meta["config"]
+    except Exception as error:  # pylint: disable=broad-except  (any read failure: corrupt)
+      quarantine(directory, step, error)
+      continue
+    where = str(directory / str(step))
+    config_lib.check_resumable(saved_config, config, where, ignore)
+    check_points(meta.get("points"), points, where)
+    return step
+  return None
+
+
+def restore_latest(directory: str | os.PathLike, target: Any
+                   ) -> tuple[Any, dict[str, Any], int] | None:
+  """``(state, meta, step)`` of the newest checkpoint that restores into ``target``'s
+  structure, quarantining those that do not; None when none is left."""
+  directory = Path(directory)
+  if not directory.exists():
+    return None
+  for step in _steps(directory):
+    try:
+      with Checkpointer(directory) as ckpt:
+        state, meta = ckpt.restore(step, target)
+      return state, meta, step
+    except Exception as error:  # pylint: disable=broad-except  (any read failure: corrupt)
+      quarantine(directory, step, error)
+  return None
+
+
+def restore_state(directory: str | os.PathLike, step: int | None = None
+                  ) -> tuple[Any, dict[str, Any], int]:
+  """``(state as nested dicts of arrays, meta, step)`` of checkpoint ``step`` (default:
+  the newest) in ``directory``, without a target (for inspecting a finished run)."""
+  directory = Path(directory)
+  if not directory.is_dir():
+    raise FileNotFoundError(f"No checkpoints in {directory.resolve()}: train the run first.")
+  with Checkpointer(directory) as ckpt:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoints in {directory.resolve()}: train the run first.")
+    state, meta = ckpt.restore(step)
+  return state, meta, int(step)

@@ -1,0 +1,300 @@
+r"""The train step as pure functions: per-model hyper-parameters, the update, masking.
+
+:func:`make_train_step` builds ::
+
+    step_fn(state, batch, hyper) -> (state, metrics)
+
+for one model; :class:`Hyperparams` (loss settings, learning rate, warm-up length) is an
+argument of traced numbers, so a stack of models can ``vmap`` the same step over its
+models' states and hyper-parameters. Randomness is derived, never carried: the sample key
+of step *t* is ``fold_in(state.key, t)``; datasets sampled inside the program (procedural
+dSprites) draw the batch of step *t* with the key ``Dataset.get_batch("train", t, ...)``
+uses (:func:`make_batch_fn`). A resumed run therefore repeats an uninterrupted one bit for
+bit.
+
+A non-finite loss or gradient skips the update: parameters and optimizer state are kept
+by a ``jnp.where`` guard, and the skip is counted in the state. :func:`make_masked_step`
+freezes a model whose skips run on for too long (it *diverged*).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vaejax import distributions, objectives
+from vaejax.data import base as data_base
+from vaejax.training.optimizer import learning_rate_at
+from vaejax.training.state import StackState
+
+Array = jax.Array
+ArrayLike = Any
+Batch = dict[str, Any]
+
+
+class Hyperparams(NamedTuple):
+  """The numbers a model of a stack may have of its own (traced by the step).
+
+  Attributes:
+    loss: the loss settings (:class:`vaejax.objectives.LossSettings`).
+    learning_rate: Adam's rate η.
+    lr_warmup_steps: the rate rises linearly from 0 to η over this many steps (0 = off).
+  """
+
+  loss: objectives.LossSettings
+  learning_rate: ArrayLike
+  lr_warmup_steps: ArrayLike
+
+
+StepFn = Callable[[Any, Batch | None, Hyperparams], tuple[Any, dict[str, Array]]]
+
+
+class Importance(NamedTuple):
+  """Static importance-weighted training settings (they set array shapes).
+
+  Attributes:
+    num_samples: K importance samples per example; 1 = the ELBO (closed-form KL).
+    estimator: ``"plain"`` or ``"dreg"`` (:func:`vaejax.objectives.iwae_loss`).
+    num_groups: M (MIWAE: the mean of M IWAE-K bounds).
+  """
+
+  num_samples: int = 1
+  estimator: str = "plain"
+  num_groups: int = 1
+
+
+def importance_from_config(config: Any) -> Importance:
+  """The ``loss`` group's :class:`Importance` settings."""
+  return Importance(int(config.loss.num_importance_samples), str(config.loss.estimator),
+                    int(config.loss.num_groups))
+
+
+def loss_settings_from_config(config: Any) -> objectives.LossSettings:
+  """The ``loss`` group's :class:`~vaejax.objectives.LossSettings` (validated)."""
+  settings = objectives.LossSettings(
+      **{f: config.loss[f] for f in objectives.LossSettings._fields})
+  objectives.validate_settings(settings)
+  return settings
+
+
+def hyperparams_from_config(config: Any) -> Hyperparams:
+  """A model's :class:`Hyperparams` from its training config (Python numbers)."""
+  return Hyperparams(loss_settings_from_config(config), float(config.learning_rate),
+                     int(config.optimizer.warmup_steps))
+
+
+def stack_hyperparams(hypers: Sequence[Hyperparams]) -> Hyperparams:
+  """M models' hyper-parameters as float32 arrays with a leading model axis (M,)."""
+  return jax.tree.map(lambda *xs: np.asarray(xs, np.float32), *hypers)
+
+
+def _all_finite(tree: Any) -> Array:
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def make_train_step(
+    model: flax.linen.Module,
+    optimizer: optax.GradientTransformation,
+    *,
+    free_bits_groups: Sequence[int] | None = None,
+    total_correlation: bool = False,
+    conditional: bool = False,
+    importance: Importance = Importance(),
+) -> StepFn:
+  """See :func:`_make_train_step`; equal arguments return the same step function (models
+  compare by value), so the programs of a repeated run are compiled once per process."""
+  groups = None if free_bits_groups is None else tuple(int(g) for g in free_bits_groups)
+  return _make_train_step(model, optimizer, groups, bool(total_correlation), bool(conditional),
+                          Importance(*importance))
+
+
+@functools.lru_cache(maxsize=64)
+def _make_train_step(
+    model: flax.linen.Module,
+    optimizer: optax.GradientTransformation,
+    free_bits_groups: tuple[int, ...] | None,
+    total_correlation: bool,
+    conditional: bool,
+    importance: Importance,
+) -> StepFn:
+  """Builds one model's pure train step ``(state, batch, hyper) -> (state, metrics)``.
+
+  One step: z ~ q(z|x) with key ``fold_in(state.key, state.step)``, the loss of
+  :func:`vaejax.objectives.elbo_loss` at ``state.step``, its gradient, the optimizer's
+  direction scaled by ``-learning_rate_at(step, η, warm-up)``, applied only when the
+  loss and every gradient are finite.
+
+  Args:
+    model: a VAE module returning :class:`vaejax.types.VAEOutput`.
+    optimizer: an update direction (:func:`vaejax.training.optimizer.make_optimizer`).
+    free_bits_groups: static free-bits group id per latent dimension.
+    total_correlation: compute the β-TC term (O(B²d)); when False the step ignores
+      ``hyper.loss.tc_beta`` and treats it as 1 (plain KL).
+    conditional: pass ``batch["label"]`` to the model (conditional VAE).
+    importance: K > 1 (or M > 1) trains on the importance-weighted bound of
+      :func:`vaejax.objectives.iwae_loss` instead of the ELBO (its per-example ``iwae``
+      bound and ``ess`` are logged too).
+
+  Returns:
+    The un-jitted step. ``metrics`` holds batch means of ``recon``, ``kl``, ``elbo``,
+    ``kl_per_dim`` (d,) and the scalars ``loss``, ``kl_weight``, ``capacity``,
+    ``kl_regularizer``, ``grad_norm`` (before clipping), ``param_norm``,
+    ``learning_rate``, ``skipped`` (this step), ``skips``, ``consecutive_skips``,
+    ``longest_skip_streak`` (and ``tc`` with ``total_correlation``); the batch's
+    per-example KL: ``kl_min``, ``kl_median``, ``kl_max``, ``kl_collapsed_fraction``
+    (examples below :data:`COLLAPSED_KL` nats) and ``hist/kl_per_sample`` (B,) (a
+    histogram, not logged to JSONL); with a posterior variance floor
+    (``model.posterior_min_variance`` > 0) ``posterior_at_floor``, the fraction of
+    posterior dimensions at it.
+  """
+  floor = float(getattr(model, "posterior_min_variance", 0.0) or 0.0)
+
+  def step_fn(state, batch: Batch, hyper: Hyperparams):
+    settings = hyper.loss
+    if not total_correlation:
+      settings = settings._replace(tc_beta=1.0)  # a Python 1.0 switches β-TC off statically
+    x = batch["image"]
+    labels = batch["label"] if conditional else None
+    sample_key = jax.random.fold_in(state.key, state.step)
+
+    def loss_fn(params):
+      def sample_outputs(key):
+        return model.apply({"params": params}, x, labels, rngs={"sample": key})
+
+      if importance.num_samples == 1 and importance.num_groups == 1:
+        outputs = sample_outputs(sample_key)
+        loss, terms = objectives.elbo_loss(x, outputs, settings, state.step,
+                                           free_bits_groups=free_bits_groups)
+        return loss, (terms, outputs.log_var)
+      decode = None
+      if importance.estimator == "dreg":
+        def decode(z):
+          return model.apply({"params": params}, z, labels, method="decode")
+      loss, terms = objectives.iwae_loss(
+          x, sample_outputs, sample_key, importance.num_samples,
+          estimator=importance.estimator, num_groups=importance.num_groups,
+          settings=settings, step=state.step, decode=decode,
+          free_bits_groups=free_bits_groups)
+      log_var = None
+      if floor > 0:
+        _, log_var = model.apply({"params": params}, x, labels, method="encode")
+      return loss, (terms, log_var)
+
+    (loss, (terms, log_var)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    rate = learning_rate_at(state.step, hyper.learning_rate, hyper.lr_warmup_steps)
+    updates = jax.tree.map(lambda u: (-rate).astype(u.dtype) * u, direction)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+
+    def keep(new, old):
+      return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    skipped = (~finite).astype(jnp.int32)
+    consecutive = (state.consecutive_skips + 1) * skipped
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        skips=state.skips + skipped,
+        consecutive_skips=consecutive,
+        longest_skip_streak=jnp.maximum(state.longest_skip_streak, consecutive),
+    )
+    metrics = {
+        **objectives.summarize(terms),
+        "loss": loss,
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(new_state.params),
+        "learning_rate": rate,
+        "skipped": skipped,
+        "skips": new_state.skips,
+        "consecutive_skips": new_state.consecutive_skips,
+        "longest_skip_streak": new_state.longest_skip_streak,
+        **kl_monitor(terms["kl"]),
+    }
+    if floor > 0:
+      metrics["posterior_at_floor"] = distributions.fraction_at_floor(log_var, floor)
+    return new_state, metrics
+
+  return step_fn
+
+
+COLLAPSED_KL = 0.01  # nats: an example whose KL is below this carries (almost) no information
+
+
+def kl_monitor(kl: Array) -> dict[str, Array]:
+  """Per-example KL (B,) → its min, median, max, the fraction below :data:`COLLAPSED_KL`
+  and the vector itself as ``hist/kl_per_sample`` (for histograms)."""
+  return {"kl_min": jnp.min(kl), "kl_median": jnp.median(kl), "kl_max": jnp.max(kl),
+          "kl_collapsed_fraction": jnp.mean((kl < COLLAPSED_KL).astype(jnp.float32)),
+          "hist/kl_per_sample": kl}
+
+
+def make_masked_step(step_fn: StepFn, max_consecutive_skips: int, *, use_cond: bool = False):
+  """Wraps a train step so that a diverged model is masked and frozen.
+
+  Returns ``(state, batch, hyper) -> (state, metrics)`` over one model's
+  :class:`~vaejax.training.state.StackState` (unstacked leaves). While active, the model
+  takes ``step_fn``'s step; once its run of consecutive skipped updates exceeds
+  ``max_consecutive_skips`` it becomes inactive: its state is kept from then on and its
+  metrics are NaN (0 for integer counters).
+
+  Args:
+    step_fn: the train step.
+    max_consecutive_skips: the N of "more than N consecutive non-finite steps".
+    use_cond: skip the step of an inactive model with ``lax.cond`` (for an unbatched
+      model: saves its compute and a select over the whole state); else compute it and
+      select with ``jnp.where`` (what ``vmap`` turns a cond into anyway).
+  """
+
+  def masked_step(state: StackState, batch: Batch, hyper: Hyperparams):
+    def run():
+      return step_fn(state.models, batch, hyper)
+
+    def frozen():
+      _, shapes = jax.eval_shape(run)
+      return state.models, jax.tree.map(_blank, shapes)
+
+    if use_cond:
+      models, metrics = jax.lax.cond(state.active, run, frozen)
+    else:
+      new, metrics = run()
+      models = jax.tree.map(lambda a, b: jnp.where(state.active, a, b), new, state.models)
+      metrics = jax.tree.map(lambda m, b: jnp.where(state.active, m, b), metrics, frozen()[1])
+    diverged = state.active & (models.consecutive_skips > max_consecutive_skips)
+    masked_at = jnp.where(diverged, models.step, state.masked_at)
+    return StackState(models, state.active & ~diverged, masked_at), metrics
+
+  return masked_step
+
+
+def _blank(shape: jax.ShapeDtypeStruct) -> Array:
+  fill = jnp.nan if jnp.issubdtype(shape.dtype, jnp.inexact) else 0
+  return jnp.full(shape.shape, fill, shape.dtype)
+
+
+def make_batch_fn(dataset: Any, batch_size: int) -> Callable[[Array, Array], Batch] | None:
+  """``(seed, step) -> training batch`` as a pure jnp function, for datasets sampled in jit.
+
+  Uses ``dataset.jax_sampler("train")`` with the key ``Dataset.get_batch("train", step,
+  ...)`` uses, ``fold_in(fold_in(key(seed), stream_id("train")), step)``, so both paths
+  serve the same batch for a step. None when the dataset has no jax sampler.
+  """
+  sampler = dataset.jax_sampler("train")
+  if sampler is None:
+    return None
+  train_stream = data_base.stream_id("train")
+
+  def batch_fn(seed, step):
+    key = jax.random.fold_in(jax.random.key(seed), train_stream)
+    return sampler(jax.random.fold_in(key, step), batch_size)
+
+  return batch_fn

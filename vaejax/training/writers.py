@@ -1,0 +1,276 @@
+"""Metric writers: one interface fanned out to JSONL, TensorBoard and progress (clu's pattern).
+
+Every logged step produces one *row* per model (a dict with ``step``, ``loss``, ...;
+vectors such as ``kl_per_dim`` as lists). :class:`MetricWriter` has one method that
+matters, ``write_rows(step, rows)``; :class:`MultiWriter` hands each call to several:
+
+* :class:`JsonlWriter`: ``DIR/metrics.jsonl``, one JSON object per row;
+* :class:`TensorBoardWriter`: event files (one run per model of a stack, so
+  TensorBoard overlays their curves);
+* :class:`ProgressWriter`: a tqdm bar with rate and ETA on a terminal, else one log line
+  per logged step.
+
+On resume the rows past the restored step are dropped (and TensorBoard purges them), so
+the logs read like a run that never stopped. clu's own writers need TensorFlow; these do
+not. Only process 0 of a multi-process run writes (:func:`create_writers`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+HISTOGRAM_PREFIX = "hist/"  # row keys only TensorBoard writes, as histograms
+Row = Mapping[str, Any]
+# Row fields that identify a model rather than measure it: not TensorBoard scalars.
+_IDENTITY = ("step", "model", "point", "group", "active", "masked_at")
+
+
+def to_python(value: Any) -> Any:
+  """Numbers and arrays → JSON-ready Python values (exact: float32 → float64 is lossless)."""
+  if isinstance(value, Mapping):
+    return {k: to_python(v) for k, v in value.items()}
+  if isinstance(value, (str, type(None))):
+    return value
+  array = np.asarray(value)
+  if array.ndim > 0:
+    return array.tolist()
+  return array.item()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """The rows of a JSONL file; a torn last line (a run killed mid-write) is skipped."""
+  path = Path(path)
+  if not path.exists():
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return rows
+
+
+def write_jsonl(path: str | os.PathLike, rows: Sequence[Row]) -> None:
+  """Writes ``rows`` atomically (temp file, fsync, rename)."""
+  path = Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(to_python(row)) + "\n" for row in rows)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def truncate_jsonl(path: str | os.PathLike, last_step: int,
+                   owns: Callable[[Row], bool] = lambda row: True) -> int:
+  """Drops the rows ``owns`` claims whose ``step`` is past ``last_step`` (and torn lines),
+  atomically; returns the number of rows kept."""
+  path = Path(path)
+  if not path.exists():
+    return 0
+  kept = [row for row in read_jsonl(path)
+          if not owns(row) or row.get("step", math.inf) <= last_step]
+  write_jsonl(path, kept)
+  return len(kept)
+
+
+class MetricWriter:
+  """The interface: ``write_rows`` per logged step, ``flush`` and ``close``."""
+
+  def write_rows(self, step: int, rows: Sequence[Row]) -> None:
+    raise NotImplementedError
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+class MultiWriter(MetricWriter):
+  """Hands every call to each of ``writers`` in turn."""
+
+  def __init__(self, writers: Sequence[MetricWriter]):
+    self.writers = list(writers)
+
+  def write_rows(self, step, rows):
+    for writer in self.writers:
+      writer.write_rows(step, rows)
+
+  def flush(self):
+    for writer in self.writers:
+      writer.flush()
+
+  def close(self):
+    for writer in self.writers:
+      writer.close()
+
+
+class JsonlWriter(MetricWriter):
+  """One JSON object per row, appended to ``path`` and flushed every call.
+
+  Args:
+    path: the JSONL file.
+    start_step: the step the run resumes from; rows past it that ``owns`` claims (by
+      default: all) are dropped first.
+    owns: which existing rows belong to this run (e.g. one group of a sweep).
+  """
+
+  def __init__(self, path: str | os.PathLike, start_step: int,
+               owns: Callable[[Row], bool] = lambda row: True):
+    self.path = Path(path)
+    truncate_jsonl(self.path, start_step, owns)
+    self._file = open(self.path, "a")  # noqa: SIM115  (closed by close())
+
+  def write_rows(self, step, rows):
+    for row in rows:
+      row = {k: v for k, v in row.items() if not k.startswith(HISTOGRAM_PREFIX)}
+      self._file.write(json.dumps(to_python(row)) + "\n")
+    self._file.flush()
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+class TensorBoardWriter(MetricWriter):
+  """Scalars of every row as TensorBoard events (vectors as ``key/00``, ``key/01``, ...).
+
+  Args:
+    logdir: the event directory.
+    start_step: events past it (left by a killed run) are purged.
+    per_model: one sub-run per model (``m000``, ``m001``, ... by the rows' ``model``).
+  """
+
+  def __init__(self, logdir: str | os.PathLike, start_step: int, per_model: bool = False):
+    self.logdir = Path(logdir)
+    self._start = start_step
+    self._per_model = per_model
+    self._writers: dict[str, Any] = {}
+
+  def _writer(self, name: str):
+    if name not in self._writers:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      # purge_step makes TensorBoard discard the events (step >= purge_step) that a
+      # killed run wrote past the step it resumes from.
+      self._writers[name] = SummaryWriter(str(self.logdir / name) if name else str(self.logdir),
+                                          purge_step=self._start + 1)
+    return self._writers[name]
+
+  def write_rows(self, step, rows):
+    for row in rows:
+      writer = self._writer(f"m{int(row['model']):03d}" if self._per_model else "")
+      for key, value in row.items():
+        if key in _IDENTITY:
+          continue
+        if key.startswith(HISTOGRAM_PREFIX) or key.endswith("kl_per_dim"):
+          name = key[len(HISTOGRAM_PREFIX):] if key.startswith(HISTOGRAM_PREFIX) else key
+          values = np.asarray(value, np.float64)
+          if values.size and np.isfinite(values).all():
+            writer.add_histogram(name, values, step)
+          if key.startswith(HISTOGRAM_PREFIX):
+            continue
+        if isinstance(value, list):
+          for i, v in enumerate(value):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+              writer.add_scalar(f"{key}/{i:02d}", v, step)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+          writer.add_scalar(key, value, step)
+
+  def flush(self):
+    for writer in self._writers.values():
+      writer.flush()
+
+  def close(self):
+    for writer in self._writers.values():
+      writer.close()
+
+
+class ProgressWriter(MetricWriter):
+  """A tqdm bar (rate, ETA, a summary of the last rows) or, off a terminal, log lines.
+
+  Args:
+    start_step, total_steps: the bar's range.
+    enabled: show a bar; None = when stderr is a terminal.
+    label: prefixed to log lines and the bar (e.g. "group 2/3").
+  """
+
+  SUMMARY_KEYS = ("loss", "recon", "kl", "eval/elbo", "eval/active_units", "skips")
+
+  def __init__(self, start_step: int, total_steps: int, enabled: bool | None = None,
+               label: str = ""):
+    import tqdm  # pylint: disable=g-import-not-at-top
+
+    if enabled is None:
+      enabled = sys.stderr.isatty()
+    self._label = label
+    self._bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not enabled,
+                          unit="step", dynamic_ncols=True, smoothing=0.1,
+                          desc=label or None)
+
+  def advance(self, steps: int = 1) -> None:
+    self._bar.update(steps)
+
+  @classmethod
+  def summary(cls, rows: Sequence[Row]) -> str:
+    """``loss=103.2 kl=12.1 ...`` for one row; active models and the loss range for many."""
+    if len(rows) == 1 and "model" not in rows[0]:
+      parts = []
+      for key in cls.SUMMARY_KEYS:
+        value = rows[0].get(key)
+        if isinstance(value, float):
+          parts.append(f"{key}={value:.4g}")
+        elif isinstance(value, int) and not isinstance(value, bool):
+          parts.append(f"{key}={value}")
+      return " ".join(parts)
+    losses = [r["loss"] for r in rows if r.get("active", True)]
+    if not losses:
+      return f"0/{len(rows)} active: all models masked"
+    return (f"{len(losses)}/{len(rows)} active, loss {np.nanmin(losses):.4g}..."
+            f"{np.nanmax(losses):.4g}")
+
+  def write_rows(self, step, rows):
+    summary = self.summary(rows)
+    if self._bar.disable:
+      rate = rows[0].get("steps_per_sec", math.nan) if rows else math.nan
+      logging.info("%sstep %d: %s (%.2f steps/s)", f"{self._label}: " if self._label else "",
+                   step, summary, rate)
+    else:
+      self._bar.set_postfix_str(summary, refresh=True)
+
+  def close(self):
+    self._bar.close()
+
+
+def create_writers(workdir: str | os.PathLike, start_step: int, total_steps: int, *,
+                   stacked: bool, owns: Callable[[Row], bool] = lambda row: True,
+                   progress: bool | None = None, label: str = "") -> tuple[MultiWriter,
+                                                                           ProgressWriter]:
+  """The writers of a run: JSONL, TensorBoard and progress (files on process 0 only).
+
+  Returns the :class:`MultiWriter` and its :class:`ProgressWriter` (to ``advance``).
+  """
+  workdir = Path(workdir)
+  is_writer = jax.process_index() == 0
+  bar = ProgressWriter(start_step, total_steps, progress if is_writer else False, label)
+  writers: list[MetricWriter] = [bar]
+  if is_writer:
+    writers = [JsonlWriter(workdir / METRICS_FILE, start_step, owns),
+               TensorBoardWriter(workdir / TENSORBOARD_DIR, start_step, per_model=stacked),
+               bar]
+  return MultiWriter(writers), bar
