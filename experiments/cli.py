@@ -14,12 +14,18 @@ from typing import TypeVar
 
 from absl import app, flags, logging
 
-from vaejax.training import loop
+from vaejax.training import distributed, loop
 from vaejax.training.interrupt import Interrupted
 
 T = TypeVar("T")
 
 TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of input errors.")
+COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "Multi-process runs: host:port of process 0 (passed to jax.distributed.initialize). "
+    "Omitted: a single process, or the cluster JAX detects itself (SLURM, Cloud TPU).")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: processes.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
 INPUT_ERRORS = (ValueError, KeyError, FileNotFoundError, loop.NonFiniteError)
 
 
@@ -77,6 +83,7 @@ def run_command(command: Callable[[], T], argv: list[str]) -> T:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   _hide_info_logs_from("orbax")
   try:
+    distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
     return command()
   except Interrupted as stop:
     logging.flush()
@@ -86,7 +93,13 @@ def run_command(command: Callable[[], T], argv: list[str]) -> T:
     if TRACEBACK.value:
       raise
     logging.flush()
-    sys.exit(f"error: {error}")
+    sys.exit(f"error: {one_line(error)}")
+
+
+def one_line(error: BaseException) -> str:
+  """An error's message on one line (a KeyError's without the repr quotes)."""
+  message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+  return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _hide_info_logs_from(*packages: str) -> None:

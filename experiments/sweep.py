@@ -21,6 +21,7 @@ from ml_collections import config_flags
 from experiments import cli
 from vaejax.sweeps import report
 from vaejax.training import loop, writers
+from vaejax.training import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (ml_collections), optionally FILE.py:PRESET.",
@@ -34,12 +35,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _report_only() -> list:
-  path = f"{_WORKDIR.value}/{loop.RESULTS_FILE}"
-  rows = writers.read_jsonl(path)
-  if not rows:
-    raise FileNotFoundError(f"No results in {path}; run the sweep first.")
-  return report.write_report(rows, f"{_WORKDIR.value}/{loop.REPORT_DIR}",
-                             loop.load_config(_WORKDIR.value))
+  workdir = workdir_lib.check_workdir(_WORKDIR.value, create=False)
+  with workdir_lib.WorkdirLock(workdir, "report"):
+    rows = writers.read_jsonl(workdir / loop.RESULTS_FILE)
+    if not rows:
+      raise FileNotFoundError(f"No results in {workdir / loop.RESULTS_FILE}; run the sweep "
+                              "first.")
+    return report.write_report(rows, workdir / loop.REPORT_DIR, loop.load_config(workdir))
 
 
 def main(argv: list[str]) -> None:

@@ -31,8 +31,10 @@ def main(argv: list[str]) -> None:
   def command():
     if _FIGURES_ONLY.value:
       results = loop.evaluate_workdir(_WORKDIR.value, ["figures"])
-      print(f"Figures of step {results[0]['step']} written to "
-            f"{Path(_WORKDIR.value).resolve() / 'figures'}.")
+      root = Path(_WORKDIR.value).resolve()
+      where = (root / "figures" if len(results) == 1 and not results[0]["point"] else
+               root / loop.MODELS_DIR / "m*/figures")
+      print(f"Figures of step {results[0]['step']} written to {where}.")
     else:
       loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -96,7 +96,7 @@ def _reference_programs(config, dataset):
     zero = jnp.zeros((), jnp.int32)
     return TrainState(step=zero, params=params, opt_state=optimizer.init(params),
                       key=jax.random.fold_in(root, SAMPLE), skips=zero,
-                      consecutive_skips=zero, longest_skip_streak=zero)
+                      consecutive_skips=zero, longest_skip_streak=zero, grad_norm_skips=zero)
 
   def step(state, batch, settings, lr, lr_warmup):
     return train_step(state, batch, Hyperparams(settings, lr, lr_warmup))

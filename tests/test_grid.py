@@ -358,3 +358,8 @@ def test_a_zipped_key_cannot_also_have_its_own_axis():
   with pytest.raises(ValueError, match="'loss.capacity_max' appears twice"):
     grid.parse_grid(base(), ["loss.capacity_max,loss.capacity_steps=(5,1000)",
                              "loss.capacity_max=3"])
+
+
+def test_quotes_that_protect_commas_are_removed_as_the_shell_would():
+  (axis,) = grid.parse_grid(base(), ["data.path='a,b.npz',c.npz,\"d.npz\""])
+  assert axis.values == ("a,b.npz", "c.npz", "d.npz")

@@ -115,6 +115,10 @@ def test_a_live_holder_makes_a_second_run_or_evaluation_refuse_at_once(reference
   import shutil  # pylint: disable=g-import-not-at-top
   run = tmp_path / "run"
   shutil.copytree(reference, run)
+  # The holder is writing checkpoint 8: its temporary directory must survive the refusals.
+  writing = run / checkpoint.CHECKPOINT_DIR / "8.orbax-checkpoint-tmp-1700000000000000"
+  (writing / "state").mkdir(parents=True)
+  (writing / "state" / "partial").write_text("x")
   before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
   holder = subprocess.Popen(["sleep", "60"])
   try:

@@ -307,11 +307,18 @@ def test_plot_titles_carry_the_label(tmp_path):
   assert fig.axes[1].get_title() == "loss.beta=4, seed 0"
 
 
-def test_plot_errors():
+def test_settings_with_other_latent_sizes_share_one_heatmap():
+  """A sweep over model.latent_dim: the shorter spectrum is padded, not refused."""
   groups = report.aggregate(fabricated_rows())
   groups[1]["kl_sorted"] = [1.0]
-  with pytest.raises(ValueError, match="one length"):
-    report.plot_kl_heatmap(groups, LABEL)
+  fig = report.plot_kl_heatmap(groups, LABEL)
+  image = fig.axes[0].images[0].get_array()
+  assert np.ma.getmaskarray(image)[1, 1:].all() or np.isnan(np.asarray(image)[1, 1:]).all()
+  with pytest.raises(ValueError, match="at least one setting"):
+    report.plot_kl_heatmap([dict(g, kl_sorted=None) for g in groups], LABEL)
+
+
+def test_plot_errors():
   with pytest.raises(ValueError, match="at least one traversal image"):
     report.plot_traversals([], LABEL)
   with pytest.raises(FileNotFoundError, match="missing.png does not exist"):

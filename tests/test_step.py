@@ -212,6 +212,26 @@ def test_nonfinite_update_is_skipped_and_counted(parts):
   assert any(changed)
 
 
+def test_updates_with_a_gradient_norm_above_the_threshold_are_skipped_and_counted(parts):
+  """VDVAE's skipping: a threshold below the gradient norm keeps the parameters and counts
+  the skip apart from non-finite ones; one above it changes nothing (the same numbers as
+  no threshold at all)."""
+  model, optimizer, state, plain = parts
+  _, m0 = plain(state, a_batch(), hyper())
+  norm = float(m0["grad_norm"])
+  low = jax.jit(make_train_step(model, optimizer, skip_threshold=norm / 2))
+  s1, m1 = low(state, a_batch(), hyper())
+  chex.assert_trees_all_equal(s1.params, state.params)
+  assert [int(m1[k]) for k in ("skipped", "skips", "grad_norm_skips", "consecutive_skips")
+          ] == [1, 1, 1, 1]
+  assert float(m1["loss"]) == float(m0["loss"])  # the loss is still measured and logged
+  high = jax.jit(make_train_step(model, optimizer, skip_threshold=norm * 2))
+  s2, m2 = high(state, a_batch(), hyper())
+  s0, _ = plain(state, a_batch(), hyper())
+  chex.assert_trees_all_equal(s2.params, s0.params)
+  assert int(m2["grad_norm_skips"]) == 0 and int(m2["skipped"]) == 0
+
+
 def test_step_vmaps_over_models_and_hyperparams(parts):
   model, optimizer, s0, single_step = parts
   s1 = create_train_state(model, optimizer, 1, IMAGE_SHAPE)

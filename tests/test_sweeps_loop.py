@@ -189,3 +189,38 @@ def test_sweep_stops_when_every_model_diverged(tmp_path):
   rows = read_rows(tmp_path)
   assert [(r["step"], r["model"], r["active"]) for r in rows] == [(2, 0, True), (2, 1, True)]
   assert checkpoint_steps(tmp_path) == [2]
+
+
+def test_a_grid_that_splits_into_other_groups_cannot_resume_either(full_run, tmp_path):
+  """The checkpoints of a one-group grid live in checkpoints/, those of a several-group grid
+  in group_<g>/: a changed grid is refused whichever layout it has, and nothing is touched."""
+  one_group = tmp_path / "one"
+  train(tiny_config(), one_group, ["loss.beta=0.5,4"])
+  rows = read_rows(one_group)
+  with pytest.raises(config_lib.ConfigError, match="of another grid"):
+    train(tiny_config(), one_group, GRID)  # two groups now
+  assert read_rows(one_group) == rows and not list(one_group.glob("group_*"))
+  several = tmp_path / "several"
+  shutil.copytree(full_run[0], several)
+  with pytest.raises(config_lib.ConfigError, match="of another grid"):
+    train(tiny_config(), several, ["loss.beta=0.5,4"])  # one group now
+  assert read_rows(several) == read_rows(full_run[0])
+
+
+def test_a_finished_sweep_over_a_tuple_valued_key_can_be_evaluated(full_run):
+  """experiments.evaluate rebuilds the sweep from the points in its checkpoints (the grid
+  re-parsed against config.json would see lists where the config had tuples)."""
+  results = loop.evaluate_workdir(full_run[0], ["elbo"], dataset=tiny_dataset())
+  assert [r["point"] for r in results] == [
+      {"model.hidden_sizes": list(p["model.hidden_sizes"]), "loss.beta": p["loss.beta"]}
+      for p in POINTS]
+  final = {r["model"]: r for r in read_rows(full_run[0], loop.RESULTS_FILE)}
+  for r in results:  # the same held-out data and keys as at the end of training
+    assert r["elbo"]["elbo"] == final[r["model"]]["eval/elbo"]
+
+
+def test_a_chunk_larger_than_a_group_is_that_group(tmp_path):
+  config = tiny_config()
+  config.execution.strategy, config.execution.chunk_size = "chunked", 4
+  result = train(config, tmp_path, GRID)  # 2 groups of 2 models
+  assert len(result.rows) == 4

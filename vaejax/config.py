@@ -115,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
       "eps": 1e-8,
       "warmup_steps": 0,  # linear learning-rate warm-up from 0 (a per-model number)
       "grad_clip_norm": 0.0,  # global-norm clipping; 0 = off
+      "skip_threshold": 0.0,  # skip updates whose gradient norm exceeds it (VDVAE); 0 = off
       "max_consecutive_skips": 10,  # non-finite updates in a row before a model stops
   })
 
@@ -361,6 +362,7 @@ def validate(
   _number(opt, "eps", minimum=0, integer=False, strict=True, prefix="optimizer.")
   _number(opt, "warmup_steps", minimum=0, integer=True, strict=False, prefix="optimizer.")
   _number(opt, "grad_clip_norm", minimum=0, integer=False, strict=False, prefix="optimizer.")
+  _number(opt, "skip_threshold", minimum=0, integer=False, strict=False, prefix="optimizer.")
   _number(opt, "max_consecutive_skips", minimum=0, integer=True, strict=False,
           prefix="optimizer.")
 

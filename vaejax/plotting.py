@@ -552,3 +552,51 @@ def write_style_arithmetic_figure(model: Any, params: Any, images: Any, labels: 
       "Style by arithmetic: z + α (z of the reference − mean z), decoded with each label",
       [f"label {c}" for c in arrays["query_labels"]], reference=arrays["reference"])
   return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- hierarchical
+
+
+TEMPERATURES = (0.0, 0.5, 0.7, 0.85, 1.0)
+
+
+def temperature_samples(model: Any, params: Any, key: jax.Array,
+                        temperatures: Sequence[float] = TEMPERATURES,
+                        num: int = 8) -> np.ndarray:
+  """Ancestral samples of a hierarchical model at each temperature, (T, num, H, W, C).
+
+  Row t scales every level's prior standard deviation by ``temperatures[t]`` (0: the prior
+  means, deterministic); the same key for every row, so rows differ by temperature only.
+  """
+  if not hasattr(model, "sample_prior"):
+    raise ValueError(f"{type(model).__name__} has no sample_prior; temperature samples need "
+                     "a hierarchical model (hvae, deep_hvae).")
+  sample = jax.jit(lambda v, k, t: distributions.likelihood_mean(model.apply(
+      v, num, t, method="sample_prior", rngs={"sample": k})[1]), static_argnums=2)
+  return np.stack([np.asarray(sample({"params": params}, key, float(t)))
+                   for t in temperatures])
+
+
+def plot_temperature_samples(samples: Any, temperatures: Sequence[float]) -> Figure:
+  """One row of ancestral samples per temperature."""
+  samples = _check_images(samples, 5, "samples")
+  return _show_grid(samples, "Ancestral samples by temperature (prior std × T)",
+                    row_labels=[f"T = {t:g}" for t in temperatures])
+
+
+def plot_kl_per_level(steps: Sequence[int], kl_per_level: Any) -> Figure:
+  """KL per stochastic level (nats) over training, level 1 (next to the data) first."""
+  kl = np.asarray(kl_per_level, np.float64)
+  if kl.ndim != 2 or kl.shape[0] != len(steps) or kl.shape[0] == 0:
+    raise ValueError(f"kl_per_level must be (steps, levels) with {len(steps)} steps; got "
+                     f"{kl.shape}.")
+  fig, ax = plt.subplots(figsize=(6.0, 3.8))
+  for level in range(kl.shape[1]):
+    ax.plot(steps, kl[:, level], label=f"level {level + 1}")
+  ax.set_xlabel("step")
+  ax.set_ylabel("KL (nats, training batch)")
+  ax.set_title("KL per level over training", fontsize=10)
+  ax.legend(fontsize=8)
+  ax.spines[["top", "right"]].set_visible(False)
+  fig.tight_layout()
+  return fig

@@ -197,7 +197,7 @@ def render(classes: Any, *, channel_axis: bool = True, dtype: Any = jnp.float32)
     classes = _as_classes(classes)
   classes = jnp.asarray(classes)
   shape, scale, orient, pos_x, pos_y = (classes[..., i] for i in range(-5, 0))
-  images = render_values(
+  images = dsprites_render(
       shape,
       0.5 + scale.astype(jnp.float32) / 10.0,  # linspace(0.5, 1, 6)
       orient.astype(jnp.float32) * (2 * np.pi / 39.0),  # linspace(0, 2 pi, 40)
@@ -205,6 +205,13 @@ def render(classes: Any, *, channel_axis: bool = True, dtype: Any = jnp.float32)
       pos_y.astype(jnp.float32) / 31.0)
   images = images.astype(dtype)
   return images[..., None] if channel_axis else images
+
+
+@jax.jit
+def dsprites_render(shape, scale, orientation, pos_x, pos_y):
+  """:func:`render_values` as a named program, so the renderer is visible in the programs
+  that call it (a train step's jaxpr shows ``pjit[name=dsprites_render]``); XLA inlines it."""
+  return render_values(shape, scale, orientation, pos_x, pos_y)
 
 
 def sample_classes(key: jax.Array, batch_size: int) -> jax.Array:

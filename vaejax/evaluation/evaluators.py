@@ -130,6 +130,8 @@ class Setup(NamedTuple):
     points: one grid point per model (``{}`` for a single run).
     model_dirs: where each model's files go (the workdir for a single run).
     held_out: a function returning the held-out batches (computed once, on first use).
+    history: a function giving model k's rows logged so far (for figures over training),
+      or None.
   """
 
   model: Any
@@ -139,6 +141,7 @@ class Setup(NamedTuple):
   points: Sequence[Mapping[str, Any]]
   model_dirs: Sequence[Path]
   held_out: Callable[[], list[Batch]]
+  history: Callable[[int], list[dict[str, Any]]] | None = None
 
   @property
   def conditional(self) -> bool:
@@ -168,8 +171,15 @@ def _progress(items: Sequence[Any], what: str) -> Iterable[Any]:
   return items
 
 
+def _is_writer() -> bool:
+  """Only process 0 of a multi-process run writes files (every process computes)."""
+  return jax.process_index() == 0
+
+
 def _write_json(path: Path, value: Any) -> None:
   """Atomic JSON write: a killed process leaves the old file or the new one, never half."""
+  if not _is_writer():
+    return
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
@@ -186,6 +196,7 @@ class Evaluator:
   """
 
   keys: tuple[str, ...] = ()  # the type's own config keys (besides type/every/at_end)
+  logs_results = True  # its results go into the rows (False: it only writes files)
 
   def __init__(self, name: str, group: Mapping[str, Any], setup: Setup,
                requested: bool = False):
@@ -451,18 +462,39 @@ class DisentanglementEvaluator(Evaluator):
             f"Evaluator evals.{name} (disentanglement) encodes observations without labels; "
             f"model {setup.config.model.name!r} is conditional.")
 
-  def settings(self, step: int) -> dict[str, Any]:
+  def settings(self, step: int, m: int) -> dict[str, Any]:
+    """What a cached ``disentanglement.json`` must match: the step, the metric settings and
+    which model it scored (its point and seed; a workdir may be reused by another grid)."""
     return {"step": int(step), "preset": self.preset, "seed": self.seed,
-            "metrics": list(self.metrics)}
+            "metrics": list(self.metrics), "model_seed": int(self.setup.seeds[m]),
+            "point": json.loads(json.dumps(dict(self.setup.points[m]), default=list))}
+
+  def _cached(self, step: int) -> list[dict[str, Any] | None]:
+    """Each model's up-to-date results file, or None; decided by process 0 and shared, so
+    every process of a multi-process run takes the same (collective) path."""
+    cached = []
+    for m in range(len(self.setup.seeds)):
+      path = self.setup.model_dirs[m] / self.RESULTS_FILE
+      previous = json.loads(path.read_text()) if path.exists() else None
+      settings = self.settings(step, m)
+      fresh = previous is not None and all(previous.get(k) == v for k, v in settings.items())
+      cached.append(previous if fresh else None)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      use = multihost_utils.broadcast_one_to_all(
+          np.asarray([c is not None for c in cached], bool))
+      cached = [c if bool(u) else None for c, u in zip(cached, np.asarray(use))]
+    return cached
 
   def evaluate(self, stack, step):
     rep, setup = self._representation, self.setup
-    settings = self.settings(step)
     rows = []
+    cached = self._cached(step)
     for m in _progress(range(len(setup.seeds)), "disentanglement metrics"):
       path = setup.model_dirs[m] / self.RESULTS_FILE
-      previous = json.loads(path.read_text()) if path.exists() else None
-      if previous is None or any(previous.get(k) != v for k, v in settings.items()):
+      settings = self.settings(step, m)
+      previous = cached[m]
+      if previous is None:
         start, cpu_start = time.perf_counter(), time.process_time()
         timings: dict[str, dict[str, float]] = {}
         scores = rep.evaluate_disentanglement(
@@ -498,6 +530,7 @@ class FiguresEvaluator(Evaluator):
 
   keys = ("num_images", "traversal_steps", "traversal_range", "max_traversal_dims",
           "gif_frames")
+  logs_results = False
   FIGURES_DIR = "figures"
 
   def __init__(self, name, group, setup, requested=False):
@@ -533,6 +566,8 @@ class FiguresEvaluator(Evaluator):
     for m in _progress(range(len(setup.seeds)), "figures"):
       out = setup.model_dirs[m] / self.FIGURES_DIR
       params = stack.params(m)
+      if not _is_writer():
+        continue
       plotting.write_figures(
           setup.model, params, images, out, rng.stream_key(setup.seeds[m], rng.FIGURES),
           labels=labels, num_classes=setup.dataset.num_classes if setup.conditional else None,
@@ -546,8 +581,25 @@ class FiguresEvaluator(Evaluator):
             max_dims=self.max_traversal_dims)
       if all_labels is not None and len(np.unique(all_labels)) >= 2:
         self._arithmetic_figures(params, all_images, all_labels, out)
+      if hasattr(setup.model, "sample_prior"):
+        self._hierarchical_figures(m, params, out)
       logging.info("Figures of %s", out)
     return [{} for _ in setup.seeds]
+
+  def _hierarchical_figures(self, m: int, params, out: Path) -> None:
+    """Ancestral samples at several temperatures; the KL of every level over training."""
+    from vaejax import plotting  # pylint: disable=g-import-not-at-top
+
+    key = jax.random.fold_in(rng.stream_key(self.setup.seeds[m], rng.FIGURES), 1)
+    samples = plotting.temperature_samples(self.setup.model, params, key)
+    plotting.save_figure(plotting.plot_temperature_samples(samples, plotting.TEMPERATURES),
+                         out / "samples_temperature.png")
+    rows = [r for r in (self.setup.history(m) if self.setup.history else ())
+            if "kl_per_level" in r]
+    if rows:
+      plotting.save_figure(plotting.plot_kl_per_level(
+          [r["step"] for r in rows], [r["kl_per_level"] for r in rows]),
+          out / "kl_per_level.png")
 
   def _arithmetic_figures(self, params, images, labels, out: Path) -> None:
     """Class arithmetic (unconditional: the mean code of one class minus another's added to

@@ -102,6 +102,14 @@ def _parser(config: ml_collections.ConfigDict, key: str) -> Any:
                     "from the command line (nor swept).")
 
 
+def _unquote(text: str) -> str:
+  """One matching pair of outer quotes removed, as the shell removes them from
+  ``--config.KEY='a,b'``: in a grid they protect commas inside a value."""
+  if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+    return text[1:-1]
+  return text
+
+
 def parse_value(config: ml_collections.ConfigDict, key: str, text: str) -> Any:
   """``text`` parsed as ``--config.KEY=text`` would parse it; one ConfigError if it can't."""
   try:
@@ -139,8 +147,10 @@ def parse_axis(config: ml_collections.ConfigDict, spec: str) -> Axis:
   texts = split_values(text)
   if not text.strip() or any(not t for t in texts):
     raise ConfigError(f"Grid {spec!r} has an empty value; give KEY=V1,V2,...")
+  # Quotes around a value are grid syntax (they protect its commas), removed as the shell
+  # removes them from --config.KEY='a,b' before that flag parses the value.
   if len(keys) == 1:
-    values = tuple(parse_value(config, keys[0], t) for t in texts)
+    values = tuple(parse_value(config, keys[0], _unquote(t)) for t in texts)
   else:
     values = []
     for t in texts:
@@ -149,7 +159,7 @@ def parse_axis(config: ml_collections.ConfigDict, spec: str) -> Axis:
         raise ConfigError(
             f"Grid {spec!r}: the value {t!r} must be a bracketed tuple of {len(keys)} values, "
             f"one per key ({', '.join(keys)}), e.g. {key_text}=(a,b),(c,d).")
-      values.append(tuple(parse_value(config, k, p) for k, p in zip(keys, parts)))
+      values.append(tuple(parse_value(config, k, _unquote(p)) for k, p in zip(keys, parts)))
     values = tuple(values)
   if len(set(map(repr, values))) != len(values):
     raise ConfigError(f"Grid {spec!r} repeats a value; each value may appear once.")

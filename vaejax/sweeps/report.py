@@ -298,28 +298,35 @@ def plot_kl_heatmap(groups: Sequence[Mapping[str, Any]], label: str,
   """Each setting's KL spectrum: mean KL (nats) of its models' dimensions by rank.
 
   Rows are settings, columns the rank of a dimension in its model (1 = largest KL),
-  values ``kl_sorted`` of :func:`aggregate`; cells below ``threshold`` are grey.
+  values ``kl_sorted`` of :func:`aggregate`; cells below ``threshold`` are grey, cells past
+  a setting's latent size blank.
 
   Raises:
-    ValueError: no setting has ``kl_sorted`` or their lengths differ.
+    ValueError: no setting has ``kl_sorted``.
   """
   rows = [g for g in groups if g.get("kl_sorted") is not None]
-  if not rows or len({len(g["kl_sorted"]) for g in rows}) != 1:
-    raise ValueError("plot_kl_heatmap needs kl_sorted of one length for every setting.")
-  kl = np.asarray([g["kl_sorted"] for g in rows], np.float64)
+  if not rows:
+    raise ValueError("plot_kl_heatmap needs kl_sorted for at least one setting.")
+  width = max(len(g["kl_sorted"]) for g in rows)  # settings may differ in latent size
+  kl = np.full((len(rows), width), np.nan)
+  for i, g in enumerate(rows):
+    kl[i, :len(g["kl_sorted"])] = g["kl_sorted"]
   num, dims = kl.shape
   fig, ax = plt.subplots(figsize=(max(4.5, 0.5 * dims + 2.5), max(2.5, 0.42 * num + 1.4)))
   image = ax.imshow(np.log10(np.maximum(kl, 1e-3)), cmap="viridis", aspect="auto",
-                    vmin=-3, vmax=max(1.0, float(np.log10(max(kl.max(), 1e-3)))))
+                    vmin=-3, vmax=max(1.0, float(np.log10(max(np.nanmax(kl), 1e-3)))))
   for i in range(num):
     for j in range(dims):
       value = kl[i, j]
+      if np.isnan(value):  # a setting with fewer latent dimensions
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="white"))
+        continue
       if value < threshold:
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color="lightgrey"))
       ax.text(j, i, f"{value:.2f}" if value < 10 else f"{value:.0f}", ha="center",
               va="center", fontsize=6, color="black" if value < threshold else "white")
   ax.set_yticks(np.arange(num))
-  ax.set_yticklabels([f"{setting_label(g)}  ({g['alive_dims']:.3g}/{dims} alive)"
+  ax.set_yticklabels([f"{setting_label(g)}  ({g['alive_dims']:.3g}/{len(g['kl_sorted'])} alive)"
                       for g in rows], fontsize=8)
   ax.set_xticks(np.arange(dims))
   ax.set_xticklabels([str(j + 1) for j in range(dims)], fontsize=7)

@@ -149,7 +149,8 @@ def _load_dataset(config: Any, cache: dict[str, Any], dataset: Any) -> Any:
 
 def plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
          grid: Sequence[str] | None = None, overridden: Sequence[str] = (),
-         dataset: Any = None, eval_names: Sequence[str] | None = None) -> Plan:
+         dataset: Any = None, eval_names: Sequence[str] | None = None,
+         points: Sequence[Point] | None = None) -> Plan:
   """Validates a run and builds everything that needs no compilation.
 
   Args:
@@ -160,6 +161,8 @@ def plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     dataset: a dataset object to use instead of ``vaejax.data.load(config.data)``.
     eval_names: build these evaluators of ``config.evals`` (whether or not they run
       during training; for ``experiments.evaluate``); None = the enabled ones.
+    points: a sweep's points, already parsed (a finished run's, from its checkpoints),
+      instead of ``grid``.
 
   Raises:
     ConfigError (a ValueError) / KeyError: one line naming the bad key or value.
@@ -167,7 +170,9 @@ def plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   workdir = Path(workdir).resolve()
   config_lib.validate(config, model_names=models_lib.MODELS,
                       dataset_names=None if dataset is not None else data_lib.DATASETS)
-  if grid is None:
+  if points is not None:
+    points, stacked = [dict(p) for p in points], list(points) != [{}]
+  elif grid is None:
     points, stacked = [{}], False
   else:
     axes = grid_lib.parse_grid(config, grid, overridden)
@@ -215,7 +220,11 @@ def plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
       mesh = mesh_lib.make_mesh(execution.model_devices, execution.data_devices)
     model_devices = mesh_lib.axis_size(mesh, mesh_lib.MODEL_AXIS)
     num = len(group.models)
-    chunk_size = resolve_chunk_size(execution.strategy, num, chunk_size=execution.chunk_size,
+    requested = execution.chunk_size
+    if execution.strategy == "chunked" and isinstance(requested, int) and (
+        num < requested <= len(points)):
+      requested = num  # a group smaller than the chunk is one chunk
+    chunk_size = resolve_chunk_size(execution.strategy, num, chunk_size=requested,
                                     model_devices=model_devices)
     mesh_lib.check_divisible(mesh, models_per_program=chunk_size,
                              batch_size=gconfig.batch_size)
@@ -238,8 +247,12 @@ def plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         cache["batches"] = evaluators_lib.held_out_batches(ds, eval_config)
       return cache["batches"]
 
+    def history(k, models=group.models, path=workdir / writers_lib.METRICS_FILE):
+      """Model k's logged rows so far (a single run's rows have no "model")."""
+      return [r for r in writers_lib.read_jsonl(path) if r.get("model", 0) == models[k]]
+
     setup = evaluators_lib.Setup(model, ds, gconfig, seeds, [points[i] for i in group.models],
-                                 model_dirs, get_held_out)
+                                 model_dirs, get_held_out, history)
     evals = evaluators_lib.build(gconfig.evals, setup, eval_names)
     if eval_names is None:
       evals = [e for e in evals if e.enabled]
@@ -308,7 +321,8 @@ def _make_executor(plan: Plan, gp: GroupPlan, chunk_size: int) -> Executor:
                             free_bits_groups=gp.free_bits_groups,
                             total_correlation=gp.total_correlation,
                             conditional=bool(getattr(gp.model, "conditional", False)),
-                            importance=importance_from_config(config))
+                            importance=importance_from_config(config),
+                            skip_threshold=float(config.optimizer.skip_threshold))
   return Executor(step_fn, gp.seeds, gp.hyper, chunk_size=chunk_size,
                   max_consecutive_skips=config.optimizer.max_consecutive_skips,
                   batch_fn=make_batch_fn(gp.dataset, config.batch_size), mesh=gp.mesh)
@@ -396,13 +410,14 @@ def _nonfinite_message(plan: Plan, gp: GroupPlan, step: int, last_ckpt: int | No
   bound = gp.config.optimizer.max_consecutive_skips
   advice = ("Lower the learning rate, set optimizer.grad_clip_norm, or check the data for "
             "NaNs.")
+  intact = ("no checkpoint had been written yet" if last_ckpt is None else
+            f"the last checkpoint (step {last_ckpt}) is intact")
   if not plan.stacked:
     return (f"More than {bound} consecutive updates were skipped for a non-finite loss or "
             f"gradient (by step {step}; optimizer.max_consecutive_skips={bound}). The run "
-            f"stopped; the last checkpoint (step {last_ckpt}) is intact. {advice}")
+            f"stopped; {intact}. {advice}")
   return (f"All {len(gp.models)} models of the sweep's program diverged (more than {bound} "
-          f"consecutive non-finite steps each) by step {step}; the last checkpoint (step "
-          f"{last_ckpt}) is intact. {advice}")
+          f"consecutive non-finite steps each) by step {step}; {intact}. {advice}")
 
 
 def _run_group(plan: Plan, gp: GroupPlan, progress: bool | None,
@@ -422,6 +437,13 @@ def _run_group(plan: Plan, gp: GroupPlan, progress: bool | None,
                    f"Group {gp.index + 1}/{len(plan.groups)}" if len(plan.groups) > 1
                    else "The run", restored[2], ckpt_dir)
       rows = _logged_results(plan, gp) or [{"step": restored[2]} for _ in gp.models]
+      missing = [e.name for e in gp.evaluators if e.at_end and e.logs_results and not any(
+          k.startswith(e.prefix) for k in rows[0])]
+      if missing:
+        logging.warning(
+            "Evaluator(s) %s did not run at the end of this finished run; run them with: "
+            "python -m experiments.evaluate --workdir=%s --evals=%s", ", ".join(missing),
+            plan.workdir, ",".join(missing))
       return GroupResult(jax.device_get(restored[0]), rows)
     latest = checkpoint_lib.latest_resumable_step(ckpt_dir, config_dict, plan.points)
   state = init_stack(gp.model, optimizer, gp.seeds, tuple(gp.dataset.image_shape),
@@ -565,6 +587,13 @@ class TrainResult(NamedTuple):
   report: list[Path]
 
 
+def checkpoint_dirs(workdir: Path) -> list[Path]:
+  """Every checkpoint directory a run or sweep may have in ``workdir`` (one group's, or
+  each group's)."""
+  return [d / checkpoint_lib.CHECKPOINT_DIR for d in (workdir, *sorted(workdir.glob("group_*")))
+          if (d / checkpoint_lib.CHECKPOINT_DIR).is_dir()]
+
+
 def _write_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
   if jax.process_index() != 0:
     return
@@ -615,9 +644,10 @@ def train(
   workdir_lib.check_workdir(run.workdir)
   with workdir_lib.WorkdirLock(run.workdir, "training"), StopSignals() as signals:
     config_dict = config_lib.to_dict(config)
-    for gp in run.groups:  # a refused resume must leave the workdir as it was
-      checkpoint_lib.latest_resumable_step(gp.directory / checkpoint_lib.CHECKPOINT_DIR,
-                                           config_dict, run.points)
+    # A refused resume must leave the workdir as it was: check every place a checkpoint of
+    # this or another layout of groups may be (a grid that now splits differently included).
+    for directory in checkpoint_dirs(run.workdir):
+      checkpoint_lib.latest_resumable_step(directory, config_dict, run.points)
     _write_config(run.workdir, config)
     results = [_run_group(run, gp, progress, signals) for gp in run.groups]
   rows: list[dict[str, Any]] = [{} for _ in run.points]
@@ -663,14 +693,13 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def _saved_points(workdir: Path) -> list[Point]:
-  """The grid points of a finished run, from its checkpoints' metadata."""
-  for directory in [workdir, *sorted(workdir.glob("group_*"))]:
-    ckpt_dir = directory / checkpoint_lib.CHECKPOINT_DIR
-    if ckpt_dir.is_dir():
-      with checkpoint_lib.Checkpointer(ckpt_dir) as ckpt:
-        latest = ckpt.latest_step()
-        if latest is not None:
-          return ckpt.read_meta(latest).get("points", [{}])
+  """The grid points of a finished run, from its checkpoints' metadata (call it holding the
+  workdir lock: orbax's manager tidies a running save's temporary files when it opens)."""
+  for ckpt_dir in checkpoint_dirs(workdir):
+    with checkpoint_lib.Checkpointer(ckpt_dir) as ckpt:
+      latest = ckpt.latest_step()
+      if latest is not None:
+        return ckpt.read_meta(latest).get("points", [{}])
   raise FileNotFoundError(f"No checkpoints under {workdir}: train the run first.")
 
 
@@ -705,11 +734,9 @@ def evaluate_workdir(workdir: str | os.PathLike, names: Sequence[str], *,
             f"Unknown key {key!r} of evaluator {name!r}; its keys are: "
             f"{', '.join(config.evals[name])}.")
       config.evals[name][key] = value
-  points = _saved_points(workdir)
-  stacked = points != [{}]
-  run = plan(config, workdir, grid=list(config.grid) if stacked else None, dataset=dataset,
-             eval_names=names)
   with workdir_lib.WorkdirLock(workdir, f"evaluation ({', '.join(names)})"):
+    points = _saved_points(workdir)
+    run = plan(config, workdir, points=points, dataset=dataset, eval_names=names)
     return _evaluate_groups(run)
 
 

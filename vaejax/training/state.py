@@ -31,9 +31,12 @@ class TrainState(flax.struct.PyTreeNode):
     params: model parameters.
     opt_state: optax state.
     key: raw uint32 PRNG key of the run; step t samples with ``fold_in(key, t)``.
-    skips: int32 total of skipped (non-finite) updates.
+    skips: int32 total of skipped updates (non-finite, or a gradient norm above the
+      optimizer's ``skip_threshold``).
     consecutive_skips: int32 length of the current run of skipped updates.
     longest_skip_streak: int32 longest run of consecutive skipped updates so far.
+    grad_norm_skips: int32 how many of the skipped updates had a finite gradient whose norm
+      exceeded ``skip_threshold`` (VDVAE's skipping), counted apart from non-finite ones.
   """
 
   step: Array
@@ -43,6 +46,7 @@ class TrainState(flax.struct.PyTreeNode):
   skips: Array
   consecutive_skips: Array
   longest_skip_streak: Array
+  grad_norm_skips: Array
 
 
 class StackState(flax.struct.PyTreeNode):
@@ -73,7 +77,7 @@ def _init(model: flax.linen.Module, optimizer: optax.GradientTransformation, see
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, params=params, opt_state=optimizer.init(params),
                     key=jax.random.fold_in(root, rng.SAMPLE), skips=zero,
-                    consecutive_skips=zero, longest_skip_streak=zero)
+                    consecutive_skips=zero, longest_skip_streak=zero, grad_norm_skips=zero)
 
 
 def create_train_state(

@@ -108,12 +108,13 @@ def make_train_step(
     total_correlation: bool = False,
     conditional: bool = False,
     importance: Importance = Importance(),
+    skip_threshold: float = 0.0,
 ) -> StepFn:
   """See :func:`_make_train_step`; equal arguments return the same step function (models
   compare by value), so the programs of a repeated run are compiled once per process."""
   groups = None if free_bits_groups is None else tuple(int(g) for g in free_bits_groups)
   return _make_train_step(model, optimizer, groups, bool(total_correlation), bool(conditional),
-                          Importance(*importance))
+                          Importance(*importance), float(skip_threshold))
 
 
 @functools.lru_cache(maxsize=64)
@@ -124,6 +125,7 @@ def _make_train_step(
     total_correlation: bool,
     conditional: bool,
     importance: Importance,
+    skip_threshold: float = 0.0,
 ) -> StepFn:
   """Builds one model's pure train step ``(state, batch, hyper) -> (state, metrics)``.
 
@@ -142,6 +144,9 @@ def _make_train_step(
     importance: K > 1 (or M > 1) trains on the importance-weighted bound of
       :func:`vaejax.objectives.iwae_loss` instead of the ELBO (its per-example ``iwae``
       bound and ``ess`` are logged too).
+    skip_threshold: > 0 also skips an update whose (finite) gradient norm, before
+      clipping, exceeds it (VDVAE's ``skip_threshold``), counted in ``grad_norm_skips``
+      and like a non-finite skip (a model that skips on and on is masked as diverged).
 
   Returns:
     The un-jitted step. ``metrics`` holds batch means of ``recon``, ``kl``, ``elbo``,
@@ -153,9 +158,11 @@ def _make_train_step(
     (examples below :data:`COLLAPSED_KL` nats) and ``hist/kl_per_sample`` (B,) (a
     histogram, not logged to JSONL); with a posterior variance floor
     (``model.posterior_min_variance`` > 0) ``posterior_at_floor``, the fraction of
-    posterior dimensions at it.
+    posterior dimensions at it; for hierarchical models (``model.latent_groups``)
+    ``kl_per_level``.
   """
   floor = float(getattr(model, "posterior_min_variance", 0.0) or 0.0)
+  levels = getattr(model, "latent_groups", None)
 
   def step_fn(state, batch: Batch, hyper: Hyperparams):
     settings = hyper.loss
@@ -194,11 +201,15 @@ def _make_train_step(
     updates = jax.tree.map(lambda u: (-rate).astype(u.dtype) * u, direction)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & _all_finite(grads)
+    grad_norm = optax.global_norm(grads)
+    too_large = (finite & (grad_norm > skip_threshold) if skip_threshold > 0
+                 else jnp.zeros((), bool))
+    accept = finite & ~too_large
 
     def keep(new, old):
-      return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+      return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
 
-    skipped = (~finite).astype(jnp.int32)
+    skipped = (~accept).astype(jnp.int32)
     consecutive = (state.consecutive_skips + 1) * skipped
     new_state = state.replace(
         step=state.step + 1,
@@ -207,21 +218,27 @@ def _make_train_step(
         skips=state.skips + skipped,
         consecutive_skips=consecutive,
         longest_skip_streak=jnp.maximum(state.longest_skip_streak, consecutive),
+        grad_norm_skips=state.grad_norm_skips + jnp.asarray(too_large, jnp.int32),
     )
     metrics = {
         **objectives.summarize(terms),
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": grad_norm,
         "param_norm": optax.global_norm(new_state.params),
         "learning_rate": rate,
         "skipped": skipped,
         "skips": new_state.skips,
         "consecutive_skips": new_state.consecutive_skips,
         "longest_skip_streak": new_state.longest_skip_streak,
+        "grad_norm_skips": new_state.grad_norm_skips,
         **kl_monitor(terms["kl"]),
     }
     if floor > 0:
       metrics["posterior_at_floor"] = distributions.fraction_at_floor(log_var, floor)
+    if levels is not None:  # hierarchical models: the batch-mean KL of every level
+      metrics["kl_per_level"] = jax.ops.segment_sum(
+          jnp.mean(terms["kl_per_dim"], axis=0), jnp.asarray(levels),
+          num_segments=int(max(levels)) + 1)
     return new_state, metrics
 
   return step_fn
@@ -281,8 +298,12 @@ def _blank(shape: jax.ShapeDtypeStruct) -> Array:
   return jnp.full(shape.shape, fill, shape.dtype)
 
 
+@functools.lru_cache(maxsize=64)
 def make_batch_fn(dataset: Any, batch_size: int) -> Callable[[Array, Array], Batch] | None:
   """``(seed, step) -> training batch`` as a pure jnp function, for datasets sampled in jit.
+
+  The same dataset object and batch size give the same function (so programs that sample
+  in-program are compiled once per process).
 
   Uses ``dataset.jax_sampler("train")`` with the key ``Dataset.get_batch("train", step,
   ...)`` uses, ``fold_in(fold_in(key(seed), stream_id("train")), step)``, so both paths

@@ -137,19 +137,58 @@ class WorkdirLock:
     return True
 
   def acquire(self) -> Self:
-    if jax.process_index() != 0:
-      return self
+    """Takes the lock (process 0); every process of a multi-process run learns whether it
+    could, so all of them stop when it is held elsewhere."""
+    error = None
+    if jax.process_index() == 0:
+      try:
+        self._acquire_here()
+      except WorkdirLockedError as locked:
+        error = locked
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      import numpy as np  # pylint: disable=g-import-not-at-top
+      taken = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+      if not taken and error is None:
+        error = WorkdirLockedError(f"The workdir {self.path.parent} is in use: process 0 could "
+                                   "not take its lock (see process 0's error).")
+    if error is not None:
+      raise error
+    return self
+
+  def _take_over(self, holder: dict[str, Any]) -> bool:
+    """Replaces a stale lock; only one of several processes racing to do so wins (the one
+    that creates the takeover marker)."""
+    marker = self.path.with_name(LOCK_FILE + ".takeover")
+    try:
+      fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      if time.time() - _mtime(marker) < HEARTBEAT_SECONDS:
+        return False  # another process is taking over right now
+      marker.unlink(missing_ok=True)  # a takeover that died half-way
+      return self._take_over(holder)
+    try:
+      os.close(fd)
+      current = read_lock(self.path.parent)
+      if current is not None and (current.get("pid"), current.get("started")) != (
+          holder.get("pid"), holder.get("started")):
+        return False  # someone took it over meanwhile: it is not the stale lock any more
+      logging.warning(
+          "Taking over the stale lock of %s (held by pid %s on %s, last heartbeat %.0f s ago): "
+          "that process is gone.", self.path.parent, holder.get("pid"), holder.get("host"),
+          holder.get("age", 0.0))
+      self.path.unlink(missing_ok=True)
+      return self._create()
+    finally:
+      marker.unlink(missing_ok=True)
+
+  def _acquire_here(self) -> None:
     if not self._create():
       holder = read_lock(self.path.parent)
       if holder is None or is_stale(holder):
-        if holder is not None:
-          logging.warning(
-              "Taking over the stale lock of %s (held by pid %s on %s, last heartbeat %.0f s "
-              "ago): that process is gone.", self.path.parent, holder.get("pid"),
-              holder.get("host"), holder.get("age", 0.0))
-        self.path.unlink(missing_ok=True)
-        if self._create():
-          return self._start()
+        if self._create() if holder is None else self._take_over(holder):
+          self._start()
+          return
         holder = read_lock(self.path.parent) or {}
       raise WorkdirLockedError(
           f"The workdir {self.path.parent} is in use by process {holder.get('pid')} on host "
@@ -157,7 +196,7 @@ class WorkdirLock:
           f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('started', 0)))}); "
           f"wait for it to finish or use another --workdir (a lock without a heartbeat for "
           f"{STALE_SECONDS:.0f} s counts as stale and is taken over).")
-    return self._start()
+    self._start()
 
   def _start(self) -> Self:
     self._held = True
