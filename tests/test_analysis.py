@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 
-from vaejax import data
 from vaejax.config import base_config
 from vaejax.training import loop, writers
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -381,4 +380,22 @@ def test_cli_sweep_grid_errors_are_one_line(args, expected, tmp_path):
   line = _one_error_line(_cli("sweep", "--config=experiments/configs/sweep_beta_mnist.py:test",
                               f"--workdir={tmp_path}/w", *args))
   assert line.startswith(expected)
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("config_arg,workdir_arg,expected", [
+    ("--config=experiments/configs/nope.py", "w",
+     "error: the config file experiments/configs/nope.py does not exist; give a config file "
+     "such as experiments/configs/vae_mnist.py[:PRESET]."),
+    ("--config={noget}", "w", "error: the config file {noget} defines no get_config()"),
+    ("--config=experiments/configs/vae_mnist.py:test", "",
+     "error: --workdir is empty; give the directory for logs and checkpoints"),
+], ids=["missing config file", "no get_config", "empty workdir"])
+def test_cli_bad_paths_are_one_line_before_anything_is_written(config_arg, workdir_arg, expected,
+                                                               tmp_path):
+  noget = tmp_path / "noget.py"
+  noget.write_text("x = 1\n")
+  workdir = f"{tmp_path}/{workdir_arg}" if workdir_arg else ""
+  line = _one_error_line(_cli("train", config_arg.format(noget=noget), f"--workdir={workdir}"))
+  assert line.startswith(expected.format(noget=noget))
   assert not (tmp_path / "w").exists()

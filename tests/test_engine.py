@@ -11,7 +11,6 @@ KL warm-up and the learning-rate warm-up), the conditional VAE, and the hierarch
 with per-level free bits on in-program (sampled) batches.
 """
 
-import itertools
 
 import jax
 import jax.numpy as jnp

@@ -139,7 +139,10 @@ def test_single_run_writes_likelihood_json_with_iwae_and_elbo_numbers(single, da
   assert (result["model"], result["point"], result["step"]) == (0, {}, 4)
   numbers = result["iwae"]
   saved = json.loads((single / "likelihood.json").read_text())
+  per_example = saved.pop("iwae_per_example")  # the file only: for paired comparisons
   assert saved == {**numbers, "step": 4}
+  assert len(per_example) == numbers["num_examples"]
+  assert -np.mean(per_example) == pytest.approx(numbers["iwae_nll"], rel=1e-5)
   assert numbers["num_importance_samples"] == 64 and numbers["num_examples"] == EVAL_BATCH
   assert (numbers["model"], numbers["dataset"], numbers["split"]) == ("mlp_vae", "mnist_npz",
                                                                       "test")
@@ -185,6 +188,28 @@ def test_sweep_writes_likelihood_json_per_model_from_its_own_parameters(sweep, d
     check_against_reference(result["iwae"], params[m], dataset, 64)
   # β = 8 pays for its lower rate: the two models differ.
   assert results[1]["iwae"]["kl"] < results[0]["iwae"]["kl"]
+
+
+def test_compare_nll_prints_the_paired_difference_of_two_models(sweep, dataset, tmp_path):
+  loop.evaluate_workdir(sweep, ["iwae"], dataset=dataset,
+                        overrides={"iwae": {"num_samples": 8, "max_examples": 16}})
+  a, b = (sweep / "models" / f"m{m:03d}" for m in range(2))
+
+  def compare(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.compare_nll", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+  proc = compare(f"--a={a}", f"--b={b}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  # Independent reference: the mean and standard error of the per-example differences.
+  d = np.subtract(*(json.loads((m / "likelihood.json").read_text())["iwae_per_example"]
+                    for m in (a, b)))
+  assert len(d) == 16
+  assert f"{d.mean():+.2f} ± {d.std(ddof=1) / math.sqrt(len(d)):.2f} nats" in proc.stdout
+  proc = compare(f"--a={a}", f"--b={tmp_path}")
+  assert proc.returncode != 0
+  (line,) = [l for l in proc.stderr.splitlines() if "likelihood.json" in l]
+  assert f"No likelihood.json in {tmp_path.resolve()}" in line
 
 
 # ----------------------------------------------------------------------------- errors

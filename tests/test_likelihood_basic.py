@@ -82,3 +82,18 @@ def test_mean_kl_rejects_half_a_prior():
 def test_negative_threshold_rejected():
   with pytest.raises(ValueError, match="threshold"):
     likelihood.active_units(np.zeros((3, 2)), threshold=-1.0)
+
+
+def test_paired_difference_is_the_mean_and_paired_standard_error_of_differences():
+  from vaejax.evaluation import likelihood as lik  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  difficulty = rng.normal(-90.0, 10.0, 500)  # shared by both models: cancels when paired
+  a = difficulty + 1.0 + rng.normal(0, 0.5, 500)
+  b = difficulty + rng.normal(0, 0.5, 500)
+  out = lik.paired_difference(a, b)
+  d = a - b
+  np.testing.assert_allclose(out["mean_difference"], d.mean())
+  np.testing.assert_allclose(out["paired_stderr"], d.std(ddof=1) / np.sqrt(500))
+  assert out["paired_stderr"] < a.std(ddof=1) / np.sqrt(500) / 5  # pairing removes difficulty
+  with pytest.raises(ValueError, match="one length"):
+    lik.paired_difference(a, b[:3])

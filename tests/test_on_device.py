@@ -13,7 +13,6 @@ import logging
 import re
 
 import jax
-import pytest
 
 from vaejax import data, models, objectives
 from vaejax.config import base_config

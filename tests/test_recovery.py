@@ -8,6 +8,7 @@ of an uninterrupted run (timings aside) and a bit-identical final state.
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -183,6 +184,51 @@ def test_a_checkpoint_without_its_state_is_set_aside(reference, tmp_path):
   target = checkpoint.restore_state(reference / checkpoint.CHECKPOINT_DIR)[0]
   state, meta, step = checkpoint.restore_latest(ckpts, target)
   assert step == 4 and meta["step"] == 4 and (ckpts / "corrupt-6").is_dir()
+
+
+def _rewrite_checkpoint(ckpts, step, edit):
+  """Re-saves checkpoint ``step`` with ``edit`` applied to its state (nested dicts)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  state, meta, _ = checkpoint.restore_state(ckpts, step)
+  edit(state)
+  shutil.rmtree(ckpts / str(step))
+  with checkpoint.Checkpointer(ckpts) as ckpt:
+    ckpt.save(step, state, meta)
+    ckpt.wait_until_finished()
+
+
+def test_a_checkpoint_older_than_a_state_field_resumes_with_it_at_zero(reference, tmp_path):
+  """Checkpoint 4 rewritten as a vaejax without ``grad_norm_skips`` would have written it,
+  checkpoint 6 gone: the run resumes from 4, ends as the uninterrupted one, moves nothing,
+  and keeps the rows it logs again in metrics.rewound.jsonl."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  shutil.copytree(reference, run)
+  ckpts = run / checkpoint.CHECKPOINT_DIR
+  shutil.rmtree(ckpts / "6")
+  _rewrite_checkpoint(ckpts, 4, lambda state: state["models"].pop("grad_norm_skips"))
+  loop.train_and_evaluate(tiny_config(), run, progress=False)
+  assert sorted(p.name for p in ckpts.iterdir()) == ["2", "4", "6"]
+  assert_same_run(run, reference)
+  logged_again = [{k: v for k, v in row.items() if k != "steps_per_sec"}
+                  for row in writers.read_jsonl(writers.rewound_path(run / writers.METRICS_FILE))]
+  assert logged_again == [row for row in rows_without_timing(reference) if row["step"] > 4]
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda state: state["models"].pop("skips"), "missing: ['models.skips']"),
+    (lambda state: state.update(extra=np.zeros(3)), "not expected: ['extra']"),
+], ids=["a field missing", "a field unknown"])
+def test_a_checkpoint_of_another_layout_is_refused_and_left_in_place(reference, tmp_path, edit,
+                                                                      fragment):
+  import shutil  # pylint: disable=g-import-not-at-top
+  ckpts = tmp_path / "checkpoints"
+  shutil.copytree(reference / checkpoint.CHECKPOINT_DIR, ckpts)
+  _rewrite_checkpoint(ckpts, 6, edit)
+  target = checkpoint.restore_state(reference / checkpoint.CHECKPOINT_DIR)[0]
+  with pytest.raises(checkpoint.LayoutMismatch, match=re.escape(fragment)):
+    checkpoint.restore_latest(ckpts, target)
+  assert sorted(p.name for p in ckpts.iterdir()) == ["2", "4", "6"]
 
 
 # ----------------------------------------------------------------------------- signals, kills

@@ -112,6 +112,14 @@ def test_truncate_jsonl_keeps_complete_rows_up_to_step(tmp_path):
   assert writers.truncate_jsonl(path, 3) == 3
   assert writers.read_jsonl(path) == rows[:3]
   assert path.read_text().endswith("\n")
+  # The rows taken out are kept, in order, and a second rewind appends to them.
+  rewound = tmp_path / "metrics.rewound.jsonl"
+  assert writers.rewound_path(path) == rewound
+  assert writers.read_jsonl(rewound) == rows[3:]
+  assert writers.truncate_jsonl(path, 1) == 1
+  assert writers.read_jsonl(rewound) == rows[3:] + rows[1:3]
+  assert writers.truncate_jsonl(path, 1) == 1  # nothing past step 1: nothing moves
+  assert writers.read_jsonl(rewound) == rows[3:] + rows[1:3]
   assert writers.truncate_jsonl(tmp_path / "absent.jsonl", 3) == 0
 
 
@@ -122,3 +130,4 @@ def test_truncate_jsonl_drops_only_the_rows_it_owns(tmp_path):
   writers.write_jsonl(path, rows)
   assert writers.truncate_jsonl(path, 3, owns=lambda row: row["group"] == 1) == 4
   assert writers.read_jsonl(path) == rows[:3] + [{"group": 1, "step": 2}]
+  assert writers.read_jsonl(writers.rewound_path(path)) == rows[4:]

@@ -15,7 +15,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from vaejax import config as config_lib
-from vaejax import data
 from vaejax.training import checkpoint, loop, writers
 
 from tiny import tiny_dataset

@@ -125,7 +125,7 @@ def sweep_mode(model_name: str, num_models: int, rounds: int, steps: int, warmup
   if model_name == "conv":
     dataset = data.load({"name": "dsprites_procedural"})
     model = models.create_model({"name": "conv_vae", "latent_dim": 10}, dataset.image_shape)
-    batch_size, get_batch = 64, None
+    batch_size = 64
   else:
     dataset = data.load({"name": "mnist_npz", "binarize": "dynamic"})
     model = models.create_model({"name": "mlp_vae", "latent_dim": 16,

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -367,7 +366,11 @@ class IwaeEvaluator(Evaluator):
     rows = []
     for m, chunks in enumerate(per_model):
       row = {"step": step, **self._summary(chunks), "seconds": seconds}
-      _write_json(self.setup.model_dirs[m] / self.RESULTS_FILE, row)
+      # Per-example bounds (for paired comparisons of models on the same examples) go to
+      # the file only, not into the logged rows.
+      per_example = np.concatenate([np.asarray(c["iwae"]) for c in chunks]).tolist()
+      _write_json(self.setup.model_dirs[m] / self.RESULTS_FILE,
+                  {**row, "iwae_per_example": per_example})
       rows.append({k: v for k, v in row.items() if k != "step"})
     return rows
 

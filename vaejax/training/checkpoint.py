@@ -14,10 +14,16 @@ reads the newest through :func:`restore_state`. A checkpoint that fails to read 
 truncated array file, garbage metadata, a missing item) is moved to
 ``checkpoints/corrupt-STEP/`` (never deleted, never in the way of a later save) with one
 warning naming it and why, and the next older one is used.
+
+A checkpoint that reads but holds a different train-state *layout* (written by another
+version of vaejax) is not corrupt and is never moved: if the only difference is fields
+added since (:data:`ADDED_FIELDS`, counters that start at zero), it resumes with those at
+zero and one warning; any other difference is an error naming the fields.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from typing_extensions import Self
@@ -32,6 +39,14 @@ from typing_extensions import Self
 from vaejax import config as config_lib
 
 CHECKPOINT_DIR = "checkpoints"
+
+# Train-state fields added after checkpoints may have been written without them, and
+# that restore as zeros: counters, so a resumed run counts from its resume.
+ADDED_FIELDS = ("grad_norm_skips",)
+
+
+class LayoutMismatch(ValueError):
+  """A readable checkpoint whose train-state fields differ from the run's."""
 
 
 class Checkpointer:
@@ -90,6 +105,31 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                       meta=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["meta"])
+
+  def state_fields(self, step: int) -> set[str]:
+    """Dotted names of the arrays checkpoint ``step`` holds (``models.params.…``)."""
+    metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state")
+    return set(ocp.tree.to_flat_dict(metadata.item_metadata.tree, sep="."))
+
+  def restore_with_zeros(self, step: int, target: Any, missing: Iterable[str]
+                         ) -> tuple[Any, dict[str, Any]]:
+    """:meth:`restore` into ``target``'s structure, the fields ``missing`` on disk set to
+    zeros (with ``target``'s shapes, dtypes and shardings)."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    present = ocp.tree.serialize_tree(abstract)  # nested dicts and lists, as stored
+    zeros = {}
+    for name in missing:
+      *parents, leaf = name.split(".")
+      node = functools.reduce(_child, parents, present)
+      zeros[name] = _zeros(node.pop(leaf))
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(present),
+                                      meta=ocp.args.JsonRestore()))
+    state = restored["state"]
+    for name, value in zeros.items():
+      *parents, leaf = name.split(".")
+      functools.reduce(_child, parents, state)[leaf] = value
+    return ocp.tree.deserialize_tree(state, target), dict(restored["meta"])
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
@@ -153,6 +193,29 @@ def quarantine(directory: str | os.PathLike, step: int, reason: BaseException | 
   return target
 
 
+def _child(node: Any, key: str) -> Any:
+  return node[int(key)] if isinstance(node, list) else node[key]
+
+
+def _zeros(like: jax.ShapeDtypeStruct) -> Any:
+  value = np.zeros(like.shape, like.dtype)
+  sharding = getattr(like, "sharding", None)
+  if sharding is None:
+    return value
+  return jax.make_array_from_callback(like.shape, sharding, lambda index: value[index])
+
+
+def _layout_difference(ckpt: Checkpointer, step: int, target: Any
+                       ) -> tuple[set[str], set[str]] | None:
+  """``(missing on disk, not in target)`` field names, or None if the layout is unreadable."""
+  try:
+    stored = ckpt.state_fields(step)
+  except Exception:  # pylint: disable=broad-except  (unreadable metadata: corrupt)
+    return None
+  wanted = set(ocp.tree.to_flat_dict(target, sep="."))
+  return wanted - stored, stored - wanted
+
+
 def _steps(directory: Path) -> list[int]:
   with Checkpointer(directory) as ckpt:
     return sorted(ckpt.all_steps(), reverse=True)
@@ -189,17 +252,37 @@ def latest_resumable_step(
 def restore_latest(directory: str | os.PathLike, target: Any
                    ) -> tuple[Any, dict[str, Any], int] | None:
   """``(state, meta, step)`` of the newest checkpoint that restores into ``target``'s
-  structure, quarantining those that do not; None when none is left."""
+  structure, quarantining those that do not read; None when none is left.
+
+  Raises:
+    LayoutMismatch: the newest readable checkpoint holds other train-state fields than
+      ``target`` (beyond :data:`ADDED_FIELDS`, which restore as zeros).
+  """
   directory = Path(directory)
   if not directory.exists():
     return None
   for step in _steps(directory):
-    try:
-      with Checkpointer(directory) as ckpt:
+    with Checkpointer(directory) as ckpt:
+      try:
         state, meta = ckpt.restore(step, target)
+        return state, meta, step
+      except Exception as error:  # pylint: disable=broad-except  (classified below)
+        difference = _layout_difference(ckpt, step, target)
+        if difference is None or not any(difference):
+          quarantine(directory, step, error)
+          continue
+      missing, unexpected = difference
+      added = {name for name in missing if name.rsplit(".", 1)[-1] in ADDED_FIELDS}
+      if unexpected or missing - added:
+        raise LayoutMismatch(
+            f"Checkpoint {directory / str(step)} was written by a version of vaejax with "
+            f"other train-state fields (missing: {sorted(missing - added) or 'none'}; not "
+            f"expected: {sorted(unexpected) or 'none'}). Resume it with the version that "
+            f"wrote it, or train in a new workdir; nothing was moved.")
+      state, meta = ckpt.restore_with_zeros(step, target, added)
+      logging.warning("Checkpoint %s predates train-state field(s) %s; resuming with them at "
+                      "zero.", directory / str(step), ", ".join(sorted(added)))
       return state, meta, step
-    except Exception as error:  # pylint: disable=broad-except  (any read failure: corrupt)
-      quarantine(directory, step, error)
   return None
 
 

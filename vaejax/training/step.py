@@ -181,14 +181,14 @@ def _make_train_step(
         loss, terms = objectives.elbo_loss(x, outputs, settings, state.step,
                                            free_bits_groups=free_bits_groups)
         return loss, (terms, outputs.log_var)
-      decode = None
-      if importance.estimator == "dreg":
-        def decode(z):
-          return model.apply({"params": params}, z, labels, method="decode")
+      def decode(z):
+        return model.apply({"params": params}, z, labels, method="decode")
+
       loss, terms = objectives.iwae_loss(
           x, sample_outputs, sample_key, importance.num_samples,
           estimator=importance.estimator, num_groups=importance.num_groups,
-          settings=settings, step=state.step, decode=decode,
+          settings=settings, step=state.step,
+          decode=decode if importance.estimator == "dreg" else None,
           free_bits_groups=free_bits_groups)
       log_var = None
       if floor > 0:

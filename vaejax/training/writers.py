@@ -74,15 +74,29 @@ def write_jsonl(path: str | os.PathLike, rows: Sequence[Row]) -> None:
   os.replace(tmp, path)
 
 
+def rewound_path(path: str | os.PathLike) -> Path:
+  """Where :func:`truncate_jsonl` keeps the rows it takes out of ``path``."""
+  path = Path(path)
+  return path.with_name(f"{path.stem}.rewound{path.suffix}")
+
+
 def truncate_jsonl(path: str | os.PathLike, last_step: int,
                    owns: Callable[[Row], bool] = lambda row: True) -> int:
-  """Drops the rows ``owns`` claims whose ``step`` is past ``last_step`` (and torn lines),
-  atomically; returns the number of rows kept."""
+  """Takes the rows ``owns`` claims whose ``step`` is past ``last_step`` out of ``path``
+  (a run resuming from an older checkpoint logs those steps again) and appends them to
+  :func:`rewound_path`, so no logged row is lost; drops torn lines. Atomic; returns the
+  number of rows kept."""
   path = Path(path)
   if not path.exists():
     return 0
-  kept = [row for row in read_jsonl(path)
-          if not owns(row) or row.get("step", math.inf) <= last_step]
+  rows = read_jsonl(path)
+  kept = [row for row in rows if not owns(row) or row.get("step", math.inf) <= last_step]
+  if len(kept) < len(rows):
+    rewound = [row for row in rows if owns(row) and row.get("step", math.inf) > last_step]
+    archive = rewound_path(path)
+    write_jsonl(archive, read_jsonl(archive) + rewound)
+    logging.warning("%s: %d row(s) past step %d moved to %s (the run continues from step %d).",
+                    path, len(rewound), last_step, archive, last_step)
   write_jsonl(path, kept)
   return len(kept)
 
