@@ -17,7 +17,7 @@ Presets (``--config=experiments/configs/betavae_dsprites.py:PRESET``):
   that something is learned in minutes; the metrics use reduced sample counts (``cpu``).
 * ``"cpu_smoke"``: the β study at SMOKE SCALE for a CPU: the 6 β values × 2 seeds, 2,000
   steps at learning rate 1e-3, ``cpu`` metric counts, traversal figures per model.
-* ``"cpu_mid"``: the β study at mid scale for a CPU (about an hour on 2 idle cores):
+* ``"cpu_mid"``: the β study at mid scale for a CPU (about 1.5 h on 2 idle cores):
   β ∈ {1, 4, 16} × 2 seeds, 10,000 steps at learning rate 1e-3, ``cpu`` metric counts, plus
   the unsupervised scores, UDR and latent arithmetic.
 * ``"test"``: a few steps, for smoke tests.
