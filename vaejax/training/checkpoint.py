@@ -267,22 +267,24 @@ def restore_latest(directory: str | os.PathLike, target: Any
         state, meta = ckpt.restore(step, target)
         return state, meta, step
       except Exception as error:  # pylint: disable=broad-except  (classified below)
+        failure = error
         difference = _layout_difference(ckpt, step, target)
-        if difference is None or not any(difference):
-          quarantine(directory, step, error)
-          continue
-      missing, unexpected = difference
-      added = {name for name in missing if name.rsplit(".", 1)[-1] in ADDED_FIELDS}
-      if unexpected or missing - added:
-        raise LayoutMismatch(
-            f"Checkpoint {directory / str(step)} was written by a version of vaejax with "
-            f"other train-state fields (missing: {sorted(missing - added) or 'none'}; not "
-            f"expected: {sorted(unexpected) or 'none'}). Resume it with the version that "
-            f"wrote it, or train in a new workdir; nothing was moved.")
+    if difference is None or not any(difference):  # unreadable: moved aside (manager closed)
+      quarantine(directory, step, failure)
+      continue
+    missing, unexpected = difference
+    added = {name for name in missing if name.rsplit(".", 1)[-1] in ADDED_FIELDS}
+    if unexpected or missing - added:
+      raise LayoutMismatch(
+          f"Checkpoint {directory / str(step)} was written by a version of vaejax with "
+          f"other train-state fields (missing: {sorted(missing - added) or 'none'}; not "
+          f"expected: {sorted(unexpected) or 'none'}). Resume it with the version that "
+          f"wrote it, or train in a new workdir; nothing was moved.")
+    with Checkpointer(directory) as ckpt:
       state, meta = ckpt.restore_with_zeros(step, target, added)
-      logging.warning("Checkpoint %s predates train-state field(s) %s; resuming with them at "
-                      "zero.", directory / str(step), ", ".join(sorted(added)))
-      return state, meta, step
+    logging.warning("Checkpoint %s predates train-state field(s) %s; resuming with them at "
+                    "zero.", directory / str(step), ", ".join(sorted(added)))
+    return state, meta, step
   return None
 
 
