@@ -206,10 +206,7 @@ class DeepHierarchicalVAE(nn.Module):
                         (self.bottleneck_channels, "bottleneck_channels"),
                         (self.encoder_blocks, "encoder_blocks")):
       networks.check_positive_int(value, name)
-    vae.check_likelihood(self.likelihood)
-    vae.check_variance(self.likelihood_variance, "likelihood_variance")
-    vae.check_variance(self.min_variance, "min_variance", allow_none=True)
-    vae.check_posterior_floor(self.posterior_min_variance)
+    vae.check_distribution_settings(self)
     fast_conv.check_conv_impl(self.conv_impl)
     super().__post_init__()
 

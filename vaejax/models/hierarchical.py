@@ -111,10 +111,7 @@ class HierarchicalVAE(nn.Module):
     networks.check_positive_ints(self.latent_sizes, "latent_sizes (L >= 1 levels)",
                                  allow_empty=False)
     networks.check_positive_int(self.hidden_size, "hidden_size")
-    vae.check_likelihood(self.likelihood)
-    vae.check_variance(self.likelihood_variance, "likelihood_variance")
-    vae.check_variance(self.min_variance, "min_variance", allow_none=True)
-    vae.check_posterior_floor(self.posterior_min_variance)
+    vae.check_distribution_settings(self)
     super().__post_init__()
 
   @property

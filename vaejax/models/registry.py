@@ -94,10 +94,7 @@ def validate_config(config: dict[str, Any]) -> None:
   if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
     raise ValueError(f"latent_dim must be an int >= 1, got {latent_dim!r}.")
   int_tuple(config["hidden_sizes"], "hidden_sizes")
-  vae.check_likelihood(config["likelihood"])
-  vae.check_variance(config["likelihood_variance"], "likelihood_variance")
-  vae.check_variance(config["min_variance"], "min_variance", allow_none=True)
-  vae.check_posterior_floor(config["posterior_min_variance"])
+  vae.check_distribution_settings(config)
   fast_conv.check_conv_impl(config["conv_impl"])
   if config["dtype"] not in DTYPES:
     raise ValueError(f"Unknown dtype {config['dtype']!r}; expected one of {tuple(DTYPES)}.")

@@ -23,7 +23,9 @@ in ``encode`` and hence in the forward pass; 0 (the default) leaves the model un
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -87,6 +89,17 @@ def check_variance(value: Any, name: str, allow_none: bool = False) -> None:
     )
 
 
+def check_distribution_settings(settings: Any) -> None:
+  """The settings every model shares (its likelihood, variances and posterior floor), of a
+  model or of a model config (a mapping)."""
+  get = settings.__getitem__ if isinstance(settings, Mapping) else functools.partial(
+      getattr, settings)
+  check_likelihood(get("likelihood"))
+  check_variance(get("likelihood_variance"), "likelihood_variance")
+  check_variance(get("min_variance"), "min_variance", allow_none=True)
+  check_posterior_floor(get("posterior_min_variance"))
+
+
 class VAE(nn.Module):
   """Encoder → reparameterised z → decoder, optionally conditioned on a class label.
 
@@ -120,10 +133,7 @@ class VAE(nn.Module):
 
   def __post_init__(self):
     networks.check_output_shape(self.image_shape, "image_shape")
-    check_likelihood(self.likelihood)
-    check_variance(self.likelihood_variance, "likelihood_variance")
-    check_variance(self.min_variance, "min_variance", allow_none=True)
-    check_posterior_floor(self.posterior_min_variance)
+    check_distribution_settings(self)
     if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or (
         self.num_classes < 0
     ):
