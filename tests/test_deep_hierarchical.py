@@ -65,6 +65,13 @@ def setup():
 
 FLOOR = 0.05
 
+# Rows of a batch that hold the same computation agree only to float32 rounding: XLA tiles a
+# batched matmul/conv differently per instruction set, and a row in a remainder tile is
+# summed in another order. Through this model's ~12 layers of O(1) activations that is a
+# few ulp per layer (measured: 3.3e-7 on AVX2), so 1e-5 absolute/relative leaves a margin
+# of 30x while still catching any real difference between rows (O(0.1) and up).
+ROW_RTOL = ROW_ATOL = 1e-5
+
 
 @pytest.fixture(scope="module")
 def floored(setup):
@@ -137,8 +144,11 @@ def test_levels_are_ordered_top_down_and_decode_reproduces_the_forward_pass(setu
   top = slice(48, 51)
   # The top level depends on x only; its prior on nothing but the parameters.
   np.testing.assert_array_equal(a.mean[:, top], b.mean[:, top])
-  np.testing.assert_array_equal(a.prior_mean[:, top], np.broadcast_to(a.prior_mean[:1, top],
-                                                                       (BATCH, 3)))
+  # Every row holds the same prior, computed once per row of a batched program: rows may
+  # be tiled differently (AVX2 vs AVX-512), so they agree to float32 rounding, not bit for bit.
+  np.testing.assert_allclose(a.prior_mean[:, top], np.broadcast_to(a.prior_mean[:1, top],
+                                                                    (BATCH, 3)),
+                             rtol=ROW_RTOL, atol=ROW_ATOL)
   # Lower levels are conditioned on the z sampled above them.
   assert not np.allclose(a.prior_mean[:, :32], b.prior_mean[:, :32])
   assert not np.allclose(a.mean[:, :32], b.mean[:, :32])
@@ -163,8 +173,12 @@ def test_ancestral_sampling_temperature(setup):
   z0b, lik0b = sample(params, key(2), 0.0)
   chex.assert_shape(z0a, (5, 51))
   chex.assert_shape(lik0a["logits"], (5, *SHAPE))
-  chex.assert_trees_all_equal((z0a, lik0a), (z0b, lik0b))  # T = 0: the prior means
-  np.testing.assert_array_equal(z0a, np.broadcast_to(z0a[:1], z0a.shape))
+  # T = 0: the prior means; the same program on the same inputs (the key is multiplied
+  # by 0), so bit-equal.
+  chex.assert_trees_all_equal((z0a, lik0a), (z0b, lik0b))
+  # Rows of one batch: equal up to float32 rounding (see ROW_RTOL).
+  np.testing.assert_allclose(z0a, np.broadcast_to(z0a[:1], z0a.shape),
+                             rtol=ROW_RTOL, atol=ROW_ATOL)
   z1a, lik1a = sample(params, key(1), 1.0)
   z1b, _ = sample(params, key(2), 1.0)
   assert not np.allclose(z1a, z1b)
@@ -180,11 +194,20 @@ def test_ancestral_sampling_temperature(setup):
                 rngs={"sample": key(0)})
 
 
-def test_jit_equals_eager(floored):
-  model, params, forward = floored
-  x = images()
+def test_jit_equals_eager(setup):
+  # Parameters at the scale of `setup`'s perturbation keep activations O(1-10) (the
+  # `floored` fixture's larger scale drives them to ~4e3, where one float32 ulp is 2.4e-4
+  # and any two programs differ by that much); a floor of 0.3 still binds there.
+  _, params, x, _ = setup
+  params = perturbed(params)
+  model = models.create_model({**TINY, "posterior_min_variance": 0.3}, SHAPE)
+  raw = setup[3](params, x, key(4))
+  assert np.min(raw.log_var) < np.log(0.3)  # the floor is exercised
+  forward = jit(lambda p, x, k: model.apply({"params": p}, x, rngs={"sample": k}))
   eager = model.apply({"params": params}, x, rngs={"sample": key(4)})
-  chex.assert_trees_all_close(forward(params, x, key(4)), eager, rtol=1e-4, atol=1e-4)
+  # jit fuses and reorders float32 sums differently from op-by-op execution: a few ulp per
+  # layer over ~12 layers of O(1-10) values (measured ≤ 2.5e-6 on AVX2 and SSE4.2).
+  chex.assert_trees_all_close(forward(params, x, key(4)), eager, rtol=2e-5, atol=2e-5)
 
 
 def test_the_posterior_variance_floor_applies(setup, floored):
