@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from vaejax import data
-from vaejax.data import dsprites, dsprites_data, tfds_io
+from vaejax.data import dsprites, tfds_io
 
 tfds = pytest.importorskip("tensorflow_datasets")
 PIL_Image = pytest.importorskip("PIL.Image", reason="Pillow encodes the PNGs")
@@ -117,11 +117,11 @@ def test_binarized_mnist_from_tfds(tfds_dir):
 
 def test_dsprites_from_tfds(tfds_dir):
   root, _ = tfds_dir
-  ds = data.load({"name": "dsprites", "data_dir": root})
+  ds = data.load({"name": "dsprites", "data_dir": root, "test_fraction": 0})
   assert ds.splits == ("train",) and ds.num_examples("train") == 40
   batch = ds.get_batch("train", 1, 16, seed=2)
   np.testing.assert_array_equal(batch["image"], dsprites.render_numpy(batch["factors"]))
-  arrays = dsprites_data.load_tfds(root)
+  arrays = dsprites.load_tfds(root)
   np.testing.assert_allclose(arrays.values, dsprites.factor_values(arrays.classes), atol=1e-6)
   obs = ds.ground_truth.sample_observations_from_factors(batch["factors"][:3],
                                                         np.random.default_rng(0))
