@@ -187,6 +187,27 @@ def test_corrupt_files(tmp_path, content, match):
     dsprites.load_deepmind_file(path)
 
 
+def test_nan_values_are_called_nan(tmp_path, rows):
+  images, classes, values = rows
+  values = values.copy()
+  values[[3, 7], 2] = np.nan  # column 2: scale
+  path = write_npz(tmp_path / "nan.npz", images, classes, values)
+  with pytest.raises(ValueError, match="latents values are NaN in column 'scale' \\(2 of 96 rows\\)"):
+    data.load({"name": "dsprites", "path": path})
+  values[[3, 7], 2] = np.inf
+  path = write_npz(tmp_path / "inf.npz", images, classes, values)
+  with pytest.raises(ValueError, match="latents values are infinite in column 'scale'"):
+    data.load({"name": "dsprites", "path": path})
+
+
+def test_directory_as_path_says_so(tmp_path):
+  with pytest.raises(ValueError) as info:
+    data.load({"name": "dsprites", "path": str(tmp_path)})
+  message = str(info.value)
+  assert message.startswith(f"path must be the dSprites file itself; got the directory {tmp_path}")
+  assert dsprites.DEEPMIND_FILENAME in message and "\n" not in message
+
+
 def test_text_file_named_npz(tmp_path):
   path = tmp_path / "x.npz"
   path.write_text("imgs latents_classes latents_values\n")

@@ -11,6 +11,7 @@ covered: the TFRecord fallback (`as_dataset`, needs TensorFlow) beyond its error
 from __future__ import annotations
 
 import io
+import json
 
 import chex
 import numpy as np
@@ -151,3 +152,19 @@ def test_tfrecord_without_tensorflow_says_what_to_do():
 
   with pytest.raises(ImportError, match="TFRecord.*array_record"):
     tfds_io.read_split(TFRecordBuilder(), "train")
+
+
+def test_split_announcing_more_examples_than_its_files_hold(tmp_path):
+  _prepare("mnist", str(tmp_path), {s: _examples("mnist", s, 4) for s in ("train", "test")})
+  (info_path,) = tmp_path.glob("mnist/*/dataset_info.json")
+  info = json.loads(info_path.read_text())
+  (train,) = [split for split in info["splits"] if split["name"] == "train"]
+  train["shardLengths"] = [str(10**12)]  # a crafted or corrupt count
+  info_path.write_text(json.dumps(info))
+  with pytest.raises(ValueError, match="split 'train' announces 1000000000000 examples but its "
+                     "1 file\\(s\\) hold \\d+ bytes"):
+    data.load({"name": "mnist", "data_dir": str(tmp_path)})
+  train["shardLengths"] = ["6"]  # more than the 4 records, fewer than the bytes
+  info_path.write_text(json.dumps(info))
+  with pytest.raises(ValueError, match="Could not read TFDS dataset 'mnist' split 'train'"):
+    data.load({"name": "mnist", "data_dir": str(tmp_path)})
