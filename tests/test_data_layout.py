@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from vaejax.data import base, dsprites  # the README's import of the dSprites module
+
 DATA = Path(__file__).resolve().parents[1] / "vaejax" / "data"
 
 # The public names of each module as they were before the package split (commit a13f8c8),
@@ -52,8 +54,6 @@ def test_public_names_still_importable(module):
 
 
 def test_readme_imports():
-  from vaejax.data import dsprites  # noqa: PLC0415  (the README's import)
-
   assert dsprites.FACTOR_SIZES == (1, 3, 6, 40, 32, 32)
   assert int(dsprites.index_of([0, 2, 5, 39, 31, 31])) == 737_279
   assert callable(dsprites.render) and callable(dsprites.load_deepmind_file)
@@ -97,8 +97,6 @@ def test_import_graph_of_vaejax_data_has_no_cycle():
 
 
 def test_protocol_and_ground_truth_interface_live_together():
-  from vaejax.data import base  # noqa: PLC0415
-
   source = (DATA / "base.py").read_text()
   assert "class Dataset(" in source and "class GroundTruthData(" in source
   assert base.Dataset.ground_truth is None  # annotated with GroundTruthData, no import back
