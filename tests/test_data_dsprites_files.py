@@ -192,7 +192,8 @@ def test_nan_values_are_called_nan(tmp_path, rows):
   values = values.copy()
   values[[3, 7], 2] = np.nan  # column 2: scale
   path = write_npz(tmp_path / "nan.npz", images, classes, values)
-  with pytest.raises(ValueError, match="latents values are NaN in column 'scale' \\(2 of 96 rows\\)"):
+  with pytest.raises(ValueError,
+                     match="latents values are NaN in column 'scale' \\(2 of 96 rows\\)"):
     data.load({"name": "dsprites", "path": path})
   values[[3, 7], 2] = np.inf
   path = write_npz(tmp_path / "inf.npz", images, classes, values)

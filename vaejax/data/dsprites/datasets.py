@@ -11,14 +11,14 @@
 
 Held-out data of the real images. DeepMind's file is one set, the full factorial
 grid, and disentanglement_lib trains and evaluates on all of it. A held-out ELBO
-needs images the model never saw, so ``dsprites`` holds out a fixed subset:
-"test" is ``round(N * test_fraction)`` images, at least one (default 1%: 7,373 of the 737,280),
-"train" the rest. The subset is drawn by a fixed seed from the rows in grid order,
-so the same factor combinations are held out whatever the file's row order (npz,
-HDF5 and TFDS agree) and whatever the run's seed. ``test_fraction=0`` keeps the
-disentanglement_lib protocol (one split, "train", the whole grid; evaluators then
-need ``eval.split="train"``). The disentanglement metrics always sample the whole
-grid through ``ground_truth``, whichever split a model trained on.
+needs images the model never saw, so ``dsprites`` holds out a fixed subset: "test"
+is ``round(N * test_fraction)`` images, at least one (default 1%: 7,373 of the
+737,280), "train" the rest. The subset is drawn by a fixed seed from the rows in
+grid order, so the same factor combinations are held out whatever the file's row
+order (npz, HDF5 and TFDS agree) and whatever the run's seed. ``test_fraction=0``
+keeps the disentanglement_lib protocol (one split, "train", the whole grid;
+evaluators then need ``eval.split="train"``). The disentanglement metrics always
+sample the whole grid through ``ground_truth``, whichever split a model trained on.
 """
 
 from __future__ import annotations
