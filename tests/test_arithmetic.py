@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vaejax.data import dsprites
-from vaejax.data.ground_truth import RenderedDSprites
+from vaejax.data.dsprites import RenderedDSprites
 from vaejax.evaluation import arithmetic
 from vaejax.evaluation.disentanglement import FactorGridGroundTruth
 

@@ -24,7 +24,7 @@ GIF = SHARED_DATA / "dsprites_reference.gif"
 def test_grid_constants():
   assert dsprites.FACTOR_SIZES == (1, 3, 6, 40, 32, 32)
   assert dsprites.NUM_IMAGES == 737_280
-  assert dsprites._BASES == (737280, 245760, 40960, 1024, 32, 1)
+  assert dsprites.BASES == (737280, 245760, 40960, 1024, 32, 1)
 
 
 @pytest.mark.parametrize("classes, index", [

@@ -133,6 +133,9 @@ def test_not_an_npz_file(tmp_path, content, kind):
 def test_missing_and_corrupt_files(tmp_path):
   with pytest.raises(FileNotFoundError, match="No MNIST npz at .*absent.npz.*'mnist'"):
     data.load({"name": "mnist_npz", "path": tmp_path / "absent.npz"})
+  with pytest.raises(ValueError, match=f"path must be the MNIST npz itself; got the directory "
+                     f"{tmp_path}"):
+    data.load({"name": "mnist_npz", "path": tmp_path})
   (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04garbage")
   with pytest.raises(ValueError, match="Could not read"):
     data.load({"name": "mnist_npz", "path": tmp_path / "corrupt.npz"})

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from vaejax import data
-from vaejax.data import mnist_files
+from vaejax.data.mnist import amat, idx
 
 IDX_SIZES = {"train": 12, "test": 5}
 AMAT_SIZES = {"train": 6, "validation": 3, "test": 4}
@@ -54,7 +54,7 @@ def write_idx_dir(directory: Path, arrays, gz=("train",)) -> Path:
   directory.mkdir(exist_ok=True)
   for split, (images, labels) in arrays.items():
     suffix = ".gz" if split in gz else ""
-    image_name, label_name = mnist_files.IDX_FILES[split]
+    image_name, label_name = idx.IDX_FILES[split]
     write(directory / (image_name + suffix), idx_bytes(images))
     write(directory / (label_name + suffix), idx_bytes(labels))
   return directory
@@ -120,8 +120,8 @@ def test_idx_round_trip(idx_dir, idx_arrays):
 
 
 def test_idx_reader_returns_the_header_shape(idx_dir, idx_arrays):
-  images = mnist_files.read_idx(idx_dir / "train-images-idx3-ubyte.gz", 3)
-  labels = mnist_files.read_idx(idx_dir / "t10k-labels-idx1-ubyte", 1)
+  images = idx.read_idx(idx_dir / "train-images-idx3-ubyte.gz", 3)
+  labels = idx.read_idx(idx_dir / "t10k-labels-idx1-ubyte", 1)
   np.testing.assert_array_equal(images, idx_arrays["train"][0])
   np.testing.assert_array_equal(labels, idx_arrays["test"][1])
   assert images.dtype == np.uint8 and images.shape == (12, 28, 28)
@@ -256,7 +256,7 @@ def test_amat_round_trip(amat_dir, amat_arrays, binarize):
 
 
 def test_amat_reader(amat_dir, amat_arrays):
-  images = mnist_files.read_amat(amat_dir / "binarized_mnist_test.amat.gz")
+  images = amat.read_amat(amat_dir / "binarized_mnist_test.amat.gz")
   assert images.dtype == np.uint8
   np.testing.assert_array_equal(images, amat_arrays["test"])
   assert data.load({"name": "binarized_mnist_amat", "path": amat_dir}).num_examples(

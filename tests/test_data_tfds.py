@@ -11,13 +11,14 @@ covered: the TFRecord fallback (`as_dataset`, needs TensorFlow) beyond its error
 from __future__ import annotations
 
 import io
+import json
 
 import chex
 import numpy as np
 import pytest
 
 from vaejax import data
-from vaejax.data import dsprites, dsprites_data, tfds_io
+from vaejax.data import dsprites, tfds_io
 
 tfds = pytest.importorskip("tensorflow_datasets")
 PIL_Image = pytest.importorskip("PIL.Image", reason="Pillow encodes the PNGs")
@@ -117,11 +118,11 @@ def test_binarized_mnist_from_tfds(tfds_dir):
 
 def test_dsprites_from_tfds(tfds_dir):
   root, _ = tfds_dir
-  ds = data.load({"name": "dsprites", "data_dir": root})
+  ds = data.load({"name": "dsprites", "data_dir": root, "test_fraction": 0})
   assert ds.splits == ("train",) and ds.num_examples("train") == 40
   batch = ds.get_batch("train", 1, 16, seed=2)
   np.testing.assert_array_equal(batch["image"], dsprites.render_numpy(batch["factors"]))
-  arrays = dsprites_data.load_tfds(root)
+  arrays = dsprites.load_tfds(root)
   np.testing.assert_allclose(arrays.values, dsprites.factor_values(arrays.classes), atol=1e-6)
   obs = ds.ground_truth.sample_observations_from_factors(batch["factors"][:3],
                                                         np.random.default_rng(0))
@@ -151,3 +152,19 @@ def test_tfrecord_without_tensorflow_says_what_to_do():
 
   with pytest.raises(ImportError, match="TFRecord.*array_record"):
     tfds_io.read_split(TFRecordBuilder(), "train")
+
+
+def test_split_announcing_more_examples_than_its_files_hold(tmp_path):
+  _prepare("mnist", str(tmp_path), {s: _examples("mnist", s, 4) for s in ("train", "test")})
+  (info_path,) = tmp_path.glob("mnist/*/dataset_info.json")
+  info = json.loads(info_path.read_text())
+  (train,) = [split for split in info["splits"] if split["name"] == "train"]
+  train["shardLengths"] = [str(10**12)]  # a crafted or corrupt count
+  info_path.write_text(json.dumps(info))
+  with pytest.raises(ValueError, match="split 'train' announces 1000000000000 examples but its "
+                     "1 file\\(s\\) hold \\d+ bytes"):
+    data.load({"name": "mnist", "data_dir": str(tmp_path)})
+  train["shardLengths"] = ["6"]  # more than the 4 records, fewer than the bytes
+  info_path.write_text(json.dumps(info))
+  with pytest.raises(ValueError, match="Could not read TFDS dataset 'mnist' split 'train'"):
+    data.load({"name": "mnist", "data_dir": str(tmp_path)})

@@ -86,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
       # set a string where the default is None.
       "path": ml_collections.FieldReference(None, field_type=str),  # file-backed datasets
       "data_dir": ml_collections.FieldReference(None, field_type=str),  # TFDS data_dir
+      # share held out as "test" (mnist_npz; dsprites, where 0 = one split, dlib's protocol)
+      "test_fraction": ml_collections.FieldReference(None, field_type=float),
       "binarize": "none",  # "none" | "static" | "dynamic"
   })
 

@@ -61,7 +61,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from vaejax import models  # noqa: E402
-from vaejax.data import dsprites_data  # noqa: E402
+from vaejax.data import dsprites  # noqa: E402
 from vaejax.objectives import LossSettings  # noqa: E402
 from vaejax.training import memory  # noqa: E402
 from vaejax.training.executor import Executor, resolve_chunk_size  # noqa: E402
@@ -99,7 +99,7 @@ def make_setup(name: str):
   if name == "conv":
     shape = (64, 64, 1)
     model = models.create_model({"name": "conv_vae", "latent_dim": 10}, shape)
-    return model, shape, 64, dsprites_data.sample_batch
+    return model, shape, 64, dsprites.sample_batch
   raise ValueError(f"Unknown model {name!r}; expected mlp or conv.")
 
 

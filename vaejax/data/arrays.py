@@ -27,15 +27,34 @@ from typing import Any
 import numpy as np
 
 from vaejax.data import base
+from vaejax.utils import checks
 
 BINARIZE_MODES = ("none", "static", "dynamic", "threshold")
 _CHUNK = 8192
 
 
 def check_binarize(mode: Any) -> str:
+  """``mode`` if it is one of :data:`BINARIZE_MODES`, else a ValueError listing them."""
   if mode not in BINARIZE_MODES:
     raise ValueError(f"binarize must be one of {list(BINARIZE_MODES)}; got {mode!r}.")
   return mode
+
+
+def check_fraction(value: Any, name: str = "test_fraction", *, allow_zero: bool = False) -> float:
+  """``value`` as a float in (0, 1) (or [0, 1) with ``allow_zero``), or a ValueError naming it.
+
+  >>> check_fraction(0.2)
+  0.2
+  """
+  relation = ">=" if allow_zero else ">"
+  message = f"{name}={value!r} must be a finite number {relation} 0 and < 1."
+  try:
+    value = checks.check_number(value, name, minimum=0, exclusive_minimum=not allow_zero)
+  except ValueError:
+    raise ValueError(message) from None
+  if value >= 1:
+    raise ValueError(message)
+  return value
 
 
 def take(array: Any, idx: np.ndarray) -> np.ndarray:
@@ -44,6 +63,24 @@ def take(array: Any, idx: np.ndarray) -> np.ndarray:
     return array[idx]
   unique, inverse = np.unique(idx, return_inverse=True)
   return np.asarray(array[unique])[inverse.reshape(-1)]
+
+
+class RowView:
+  """Some rows of a numpy or lazy (h5py) array, read on access and never copied whole.
+
+  A split that is a subset of one file's rows (dSprites' held-out images) serves
+  its batches through it, so the file's images stay in memory (or on disk) once.
+  ``view[idx]`` is ``array[rows[idx]]``.
+  """
+
+  def __init__(self, array: Any, rows: np.ndarray):
+    self.array = array
+    self.rows = np.sort(np.asarray(rows, np.int64))  # sorted: h5py reads sorted indices
+    self.shape = (len(self.rows),) + tuple(array.shape[1:])
+    self.dtype = array.dtype
+
+  def __getitem__(self, idx: Any) -> np.ndarray:
+    return take(self.array, self.rows[idx])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +105,16 @@ class SplitArrays:
   def __len__(self) -> int:
     return int(self.images.shape[0])
 
+  def select(self, rows: np.ndarray) -> SplitArrays:
+    """The arrays of ``rows`` (sorted), the images as a :class:`RowView` (no copy)."""
+    rows = np.sort(np.asarray(rows, np.int64))
+
+    def pick(arr: np.ndarray | None) -> np.ndarray | None:
+      return None if arr is None else arr[rows]
+
+    return dataclasses.replace(self, images=RowView(self.images, rows),
+                               labels=pick(self.labels), factors=pick(self.factors))
+
 
 def _binarize_stored(arrays: SplitArrays, mode: str, rng: np.random.Generator) -> SplitArrays:
   """Applies "static" or "threshold" binarisation once, in chunks, to uint8 {0, 1}."""
@@ -82,7 +129,18 @@ def _binarize_stored(arrays: SplitArrays, mode: str, rng: np.random.Generator) -
 
 
 class ArrayDataset(base.Dataset):
-  """A finite dataset of in-memory (or lazily read) arrays, one set per split."""
+  """A finite dataset of in-memory (or lazily read) arrays, one set per split.
+
+  >>> images = np.arange(4 * 2 * 2, dtype=np.uint8).reshape(4, 2, 2)
+  >>> split = SplitArrays(images, max_value=255.0, labels=np.array([0, 1, 0, 1]))
+  >>> ds = ArrayDataset("tiny", {"train": split}, image_shape=(2, 2, 1), num_classes=2)
+  >>> it = ds.iterator("train", batch_size=2, seed=0)
+  >>> batch = next(it)
+  >>> batch["image"].shape, batch["label"].dtype
+  ((2, 2, 2, 1), dtype('int32'))
+  >>> it.position  # the whole iterator state: resume with start_step=it.position
+  1
+  """
 
   def __init__(self, name: str, splits: Mapping[str, SplitArrays], *,
                image_shape: tuple[int, int, int], num_classes: int | None = None,
@@ -91,7 +149,7 @@ class ArrayDataset(base.Dataset):
     self.image_shape = tuple(int(d) for d in image_shape)
     self.num_classes = num_classes
     self.binarize = check_binarize(binarize)
-    binarize_seed = base.check_int("binarize_seed", binarize_seed, 0, base.MAX_SEED)
+    binarize_seed = base.check_seed(binarize_seed, "binarize_seed")
     self.ground_truth = ground_truth
     self.splits = tuple(splits)
     self._arrays = {}

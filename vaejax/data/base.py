@@ -1,9 +1,14 @@
-"""The dataset protocol all vaejax datasets follow, and its resumable iterator.
+"""The dataset protocol, its resumable iterator and the ground-truth interface.
 
 Every dataset serves batches by *random access*: ``get_batch(split, step,
 batch_size, seed)`` is a pure function of its arguments, so a run's data order is
 fixed by its seed and a checkpoint only has to store the next step
 (``BatchIterator.position``) to resume bit-identically.
+
+Datasets with known generative factors (dSprites) also carry a
+:class:`GroundTruthData` (``Dataset.ground_truth``): the disentanglement metrics'
+view of the data (disentanglement_lib semantics), factor classes sampled uniformly
+and independently, observations for any given factors.
 
 Randomness on the host comes from numpy ``Generator``s seeded by
 ``SeedSequence((seed, purpose, split, counter))``: every (purpose, split,
@@ -13,38 +18,32 @@ counter) gets its own independent stream, none is ever reused.
 from __future__ import annotations
 
 import abc
-import numbers
 import types
 import zlib
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 
-if TYPE_CHECKING:
-  from vaejax.data.ground_truth import GroundTruthData
+from vaejax.utils import checks
 
 Batch = dict[str, np.ndarray]
 JaxSampler = Callable[[jax.Array, int], dict[str, jax.Array]]
 MAX_SEED = 2**32  # jax.random.key silently wraps larger seeds onto smaller ones.
 
 
-def check_int(name: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
-  """Returns ``value`` as an int, or raises ValueError naming it and the allowed range."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    # ValueError like every other bad config value, so callers catch one type.
-    raise ValueError(  # noqa: TRY004
-        f"{name} must be an integer; got {value!r} ({type(value).__name__}).")
-  value = int(value)
-  if value < minimum or (maximum is not None and value >= maximum):
-    upper = "" if maximum is None else f", < {maximum}"
-    raise ValueError(f"{name} must be >= {minimum}{upper}; got {value}.")
-  return value
+def check_seed(seed: Any, name: str = "seed") -> int:
+  """``seed`` as an int in [0, MAX_SEED), or a ValueError naming it."""
+  return checks.check_int(seed, name, minimum=0, maximum=MAX_SEED - 1)
 
 
 def stream_id(name: str) -> int:
-  """A stable 31-bit integer for a string (split names, purposes), for seeding."""
+  """A stable 31-bit integer for a string (split names, purposes), for seeding.
+
+  >>> stream_id("train")
+  1550247075
+  """
   return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
@@ -52,6 +51,63 @@ def host_rng(seed: int, purpose: str, split: str, counter: int = 0) -> np.random
   """An independent numpy Generator for (seed, purpose, split, counter)."""
   return np.random.default_rng(
       np.random.SeedSequence([seed, stream_id(purpose), stream_id(split), counter]))
+
+
+class GroundTruthData(abc.ABC):
+  """Factors of variation and the observations they generate.
+
+  Subclasses set the three attributes and implement
+  :meth:`sample_observations_from_factors` (by rendering, or by looking rows up in
+  a file).
+
+  Attributes:
+    factor_names: one name per factor.
+    factor_sizes: number of classes of each factor.
+    observation_shape: (H, W, C) of one observation.
+  """
+
+  factor_names: tuple[str, ...]
+  factor_sizes: tuple[int, ...]
+  observation_shape: tuple[int, int, int]
+
+  @property
+  def num_factors(self) -> int:
+    return len(self.factor_sizes)
+
+  def sample_factors(self, num: int, rng: np.random.Generator) -> np.ndarray:
+    """(num, K) int64 classes, each factor uniform on range(size), independent."""
+    num = checks.check_int(num, "num", minimum=0)
+    if not isinstance(rng, np.random.Generator):
+      raise TypeError(f"rng must be a numpy Generator (np.random.default_rng); got {type(rng)}.")
+    return np.stack([rng.integers(0, s, size=num) for s in self.factor_sizes],
+                    axis=1).astype(np.int64)
+
+  def check_factors(self, factors: Any) -> np.ndarray:
+    """Returns ``factors`` as (num, K) int64, or raises naming the bad column."""
+    arr = np.asarray(factors)
+    if arr.ndim != 2 or arr.shape[1] != self.num_factors:
+      raise ValueError(
+          f"factors must have shape (num, {self.num_factors}) for {self.factor_names}; "
+          f"got {arr.shape}.")
+    if not np.issubdtype(arr.dtype, np.integer):
+      raise ValueError(f"factors must be integer classes; got dtype {arr.dtype}.")
+    bad = (arr < 0) | (arr >= np.asarray(self.factor_sizes))
+    if bad.any():
+      col = int(np.nonzero(bad.any(0))[0][0])
+      raise ValueError(
+          f"factor '{self.factor_names[col]}' must be in [0, {self.factor_sizes[col]}); "
+          f"got {np.unique(arr[bad[:, col], col])[:5].tolist()}.")
+    return arr.astype(np.int64)
+
+  @abc.abstractmethod
+  def sample_observations_from_factors(self, factors: Any,
+                                       rng: np.random.Generator) -> np.ndarray:
+    """(num, H, W, C) float32 observations for (num, K) factor classes."""
+
+  def sample(self, num: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(factors, observations) for ``num`` uniformly sampled factor vectors."""
+    factors = self.sample_factors(num, rng)
+    return factors, self.sample_observations_from_factors(factors, rng)
 
 
 class Dataset(abc.ABC):
@@ -62,8 +118,8 @@ class Dataset(abc.ABC):
     image_shape: (H, W, C).
     num_classes: number of label classes, or None when there are no labels.
     splits: the split names this dataset has.
-    ground_truth: a :class:`~vaejax.data.ground_truth.GroundTruthData` for
-      datasets with known generative factors (dSprites), else None.
+    ground_truth: a :class:`GroundTruthData` for datasets with known generative
+      factors (dSprites), else None.
     config: the validated config :func:`vaejax.data.load` built it from.
   """
 
@@ -79,6 +135,15 @@ class Dataset(abc.ABC):
       raise ValueError(
           f"Dataset '{self.name}' has no split {split!r}; its splits are {list(self.splits)}.")
     return split
+
+  def check_batch_size(self, split: str, batch_size: Any) -> int:
+    """``batch_size`` as an int >= 1 that fits ``split``, or one ValueError."""
+    batch_size = checks.check_int(batch_size, "batch_size", minimum=1)
+    n = self.num_examples(split)
+    if n is not None and batch_size > n:
+      raise ValueError(
+          f"batch_size {batch_size} exceeds the {n} examples of {self.name}/{split}.")
+    return batch_size
 
   @abc.abstractmethod
   def num_examples(self, split: str) -> int | None:
@@ -98,13 +163,9 @@ class Dataset(abc.ABC):
     when the dataset has them.
     """
     self.check_split(split)
-    step = check_int("step", step)
-    batch_size = check_int("batch_size", batch_size, 1)
-    seed = check_int("seed", seed, 0, MAX_SEED)
-    n = self.num_examples(split)
-    if n is not None and batch_size > n:
-      raise ValueError(
-          f"batch_size {batch_size} exceeds the {n} examples of {self.name}/{split}.")
+    step = checks.check_int(step, "step", minimum=0)
+    batch_size = self.check_batch_size(split, batch_size)
+    seed = check_seed(seed)
     return self._get_batch(split, step, batch_size, seed)
 
   def iterator(self, split: str, batch_size: int, seed: int,
@@ -133,13 +194,9 @@ class BatchIterator:
                start_step: int = 0):
     self.dataset = dataset
     self.split = dataset.check_split(split)
-    self.batch_size = check_int("batch_size", batch_size, 1)
-    self.seed = check_int("seed", seed, 0, MAX_SEED)
-    self._position = check_int("start_step", start_step)
-    n = dataset.num_examples(split)
-    if n is not None and self.batch_size > n:
-      raise ValueError(
-          f"batch_size {self.batch_size} exceeds the {n} examples of {dataset.name}/{split}.")
+    self.batch_size = dataset.check_batch_size(split, batch_size)
+    self.seed = check_seed(seed)
+    self._position = checks.check_int(start_step, "start_step", minimum=0)
 
   @property
   def position(self) -> int:

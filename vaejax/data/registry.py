@@ -7,6 +7,10 @@ A config is a Mapping or ml_collections ConfigDict with ``name`` and any of:
 * the keyword arguments of the dataset's constructor (``path``, ``data_dir``,
   ``binarize``, ``binarize_seed``, ``test_fraction``, ...).
 
+Families of datasets (``vaejax.data.dsprites``, ``vaejax.data.mnist``, a text
+package) register their constructors with :func:`register` when imported; the
+keys a config may carry are the union of every constructor's keyword options.
+
 Keys set to None count as absent, so one config file can carry every key.
 Unknown keys, keys a dataset does not take, unknown names, missing files and
 missing splits all fail here, before any training starts.
@@ -58,7 +62,29 @@ def _as_dict(config: Any) -> dict[str, Any]:
 
 
 def load(config: Any) -> base.Dataset:
-  """Builds the dataset ``config["name"]``, validating the config and its files."""
+  """Builds the dataset ``config["name"]``, validating the config and its files.
+
+  Args:
+    config: a Mapping or ConfigDict: ``name``, optionally ``split``, ``batch_size``,
+      ``seed`` (checked here), and the dataset's own keyword options.
+
+  Returns:
+    The :class:`~vaejax.data.base.Dataset`, its ``config`` set to the keys given.
+
+  Raises:
+    UnknownDatasetError: an unknown name (the message lists the known ones).
+    ValueError: a bad key or value, or a malformed file; FileNotFoundError: a
+      missing file (the message says where it was looked for and how to get it).
+
+  >>> from vaejax import data
+  >>> ds = data.load({"name": "dsprites_procedural", "split": "train", "batch_size": 8})
+  >>> ds.name, ds.image_shape, ds.splits
+  ('dsprites_procedural', (64, 64, 1), ('train',))
+  >>> data.load({"name": "dsprites_procedural", "batch_size": 0})
+  Traceback (most recent call last):
+  ...
+  ValueError: batch_size=0 must be an integer >= 1.
+  """
   cfg = _as_dict(config)
   name = cfg.get("name")
   if name is None:
@@ -80,12 +106,9 @@ def load(config: Any) -> base.Dataset:
   if cfg.get("split") is not None:
     dataset.check_split(cfg["split"])
   if cfg.get("seed") is not None:
-    base.check_int("seed", cfg["seed"], 0, base.MAX_SEED)
+    base.check_seed(cfg["seed"])
   if cfg.get("batch_size") is not None:
-    batch_size = base.check_int("batch_size", cfg["batch_size"], 1)
     for split in [cfg["split"]] if cfg.get("split") is not None else dataset.splits:
-      n = dataset.num_examples(split)
-      if n is not None and batch_size > n:
-        raise ValueError(f"batch_size {batch_size} exceeds the {n} examples of {name}/{split}.")
+      dataset.check_batch_size(split, cfg["batch_size"])
   dataset.config = types.MappingProxyType({k: v for k, v in cfg.items() if v is not None})
   return dataset

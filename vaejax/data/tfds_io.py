@@ -5,10 +5,18 @@ Datasets prepared in the ArrayRecord format (``tfds build NAME
 numpy only; the default TFRecord format needs TensorFlow
 (``builder.as_dataset``). Nothing here downloads: a dataset that is not prepared
 in ``data_dir`` is an error that says how to prepare it.
+
+The metadata a prepared dataset carries (``dataset_info.json``: the number of
+examples per shard) is checked against its files before arrays of that size are
+allocated: every record takes at least one byte on disk, so a split announcing
+more examples than its files have bytes is corrupt (one error, not a MemoryError).
+Records are decoded by TFDS's feature decoders (images from PNG); nothing is
+unpickled.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -62,6 +70,19 @@ def _stack_source(source: Any) -> dict[str, np.ndarray]:
   return out
 
 
+def _check_count(builder: Any, split: str, count: int) -> None:
+  """Raises ValueError when ``count`` examples cannot fit in the split's files."""
+  paths = getattr(builder.info.splits[split], "filepaths", None)
+  if not paths:  # an older TFDS without the list: TFDS's own reads are the check
+    return
+  on_disk = sum(os.path.getsize(os.fspath(p)) for p in paths)
+  if count > on_disk:
+    raise ValueError(
+        f"TFDS dataset '{builder.name}' in {builder.data_dir}: split {split!r} announces "
+        f"{count} examples but its {len(paths)} file(s) hold {on_disk} bytes; its "
+        "dataset_info.json is corrupt. Prepare it again with `tfds build`.")
+
+
 def read_split(builder: Any, split: str) -> dict[str, np.ndarray]:
   """All examples of ``split`` as a dict of stacked numpy arrays (record order)."""
   try:
@@ -69,7 +90,12 @@ def read_split(builder: Any, split: str) -> dict[str, np.ndarray]:
   except NotImplementedError:  # TFRecord: random access needs another file format
     source = None
   if source is not None:
-    return _stack_source(source)
+    _check_count(builder, split, len(source))
+    try:
+      return _stack_source(source)
+    except (RuntimeError, IndexError, OSError) as e:  # fewer records than announced, ...
+      raise ValueError(f"Could not read TFDS dataset '{builder.name}' split {split!r} in "
+                       f"{builder.data_dir} ({e}); prepare it again with `tfds build`.") from e
   try:
     dataset = builder.as_dataset(split=split, batch_size=-1)
   except ImportError as e:

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaejax.data import dsprites
-from vaejax.data.ground_truth import RenderedDSprites
+from vaejax.data.dsprites import RenderedDSprites
 from vaejax.evaluation.disentanglement import sampling
 
 ARITHMETIC_FACTORS = ("shape", "scale", "pos_x", "pos_y")

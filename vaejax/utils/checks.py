@@ -59,9 +59,14 @@ def check_number(value: Any, name: str, *, minimum: float | None = None,
   return value
 
 
+def _number_text(x: float) -> str:
+  """Integers in full (``4294967295``, not ``4.29497e+09``), other numbers short."""
+  return str(x) if isinstance(x, numbers.Integral) else f"{x:g}"
+
+
 def _range(minimum: float | None, maximum: float | None, exclusive_minimum: bool) -> str:
-  low = "" if minimum is None else f"{'>' if exclusive_minimum else '>='} {minimum:g}"
-  high = "" if maximum is None else f"<= {maximum:g}"
+  low = "" if minimum is None else f"{'>' if exclusive_minimum else '>='} {_number_text(minimum)}"
+  high = "" if maximum is None else f"<= {_number_text(maximum)}"
   if low and high:
     return f" {low} and {high}"
   return f" {low or high}" if (low or high) else ""
