@@ -14,6 +14,7 @@ import numpy as np
 from sklearn import exceptions, linear_model
 
 from vaejax.evaluation.disentanglement import _checks
+from vaejax.utils.checks import check_int
 
 DEFAULT_PRUNE_THRESHOLD = 0.05
 
@@ -118,7 +119,7 @@ def factor_vae_votes(codes, factor_index, global_variances, num_factors: int,
     ``(K, d)`` int64 vote counts indexed by original code dimension.
   """
   codes = _check_batches(codes, "codes", 2)
-  num_factors = _checks.check_int(num_factors, "num_factors", 1)
+  num_factors = check_int(num_factors, "num_factors", minimum=1)
   labels = _checks.check_factors(np.reshape(factor_index, (-1, 1)), "factor_index")[:, 0]
   _checks.check_same_length(codes, labels, "codes", "factor_index")
   if labels.size and (labels.min() < 0 or labels.max() >= num_factors):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from vaejax.evaluation.disentanglement import _checks
+from vaejax.utils.checks import check_int
 
 DEFAULT_NUM_BINS = 20
 
@@ -36,7 +37,7 @@ def discretize(codes, num_bins: int = DEFAULT_NUM_BINS) -> np.ndarray:
     ``(N, d)`` int64 bin indices in ``1..num_bins``.
   """
   codes = _checks.check_codes(codes)
-  num_bins = _checks.check_int(num_bins, "num_bins", 1)
+  num_bins = check_int(num_bins, "num_bins", minimum=1)
   out = np.empty(codes.shape, dtype=np.int64)
   for j in range(codes.shape[1]):
     edges = np.histogram(codes[:, j], bins=num_bins)[1]

@@ -16,6 +16,7 @@ import threadpoolctl
 from sklearn import ensemble, exceptions, linear_model, metrics, svm
 
 from vaejax.evaluation.disentanglement import _checks
+from vaejax.utils.checks import check_int
 
 DCI_MODELS = ("hist_gbt", "gbt")
 
@@ -127,7 +128,7 @@ def dci(codes_train, factors_train, codes_test, factors_test, *, seed: int = 0,
   """
   if model not in DCI_MODELS:
     raise ValueError(f"model must be one of {DCI_MODELS}, got {model!r}.")
-  n_jobs = _checks.check_int(n_jobs, "n_jobs", 1)
+  n_jobs = check_int(n_jobs, "n_jobs", minimum=1)
   codes_train, factors_train, codes_test, factors_test = _checks.check_train_test(
       codes_train, factors_train, codes_test, factors_test, min_dims=2, min_factors=2)
   num_factors = factors_train.shape[1]
