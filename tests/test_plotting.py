@@ -119,7 +119,8 @@ def test_figure_arrays_traverse_by_kl_order(tiny_vae):
 def test_write_figures_writes_readable_pngs(tiny_vae, tmp_path):
   model, params = tiny_vae
   images = np.random.default_rng(1).random((4, 6, 6, 1)).astype(np.float32)
-  paths = model_figures.write_figures(model, params, images, tmp_path / "figs", jax.random.PRNGKey(3))
+  paths = model_figures.write_figures(model, params, images, tmp_path / "figs",
+                                      jax.random.PRNGKey(3))
   names = sorted(p.name for p in paths)
   assert names == sorted(
       ["reconstructions.png", "samples.png", "traversals.png", "interpolation.png",

@@ -28,9 +28,13 @@ the upper levels at their posterior means, and decode ``z`` of all levels concat
 >>> mean, log_var = codec.encode(model, params, x)
 >>> mean.shape, log_var.shape
 ((3, 2), (3, 2))
->>> images = codec.decode_mean(model, params, mean)
+>>> {k: v.shape for k, v in codec.decode(model, params, mean).items()}  # Bernoulli logits
+{'logits': (3, 4, 4, 1)}
+>>> images = codec.decode_mean(model, params, mean)  # their sigmoid
 >>> images.shape, bool(((images >= 0) & (images <= 1)).all())
 ((3, 4, 4, 1), True)
+>>> codec.prior_samples(model, params, jax.random.key(2), 6).shape
+(6, 4, 4, 1)
 """
 
 from __future__ import annotations
@@ -73,24 +77,14 @@ def encode(model: Any, params: Any, x: Array, labels: Array | None = None
 @functools.partial(jax.jit, static_argnums=0)
 def decode(model: Any, params: Any, z: Array, labels: Array | None = None
            ) -> dict[str, Array]:
-  """The likelihood parameters of p(x | z[, y]) for codes ``z`` ``(B, d)``, each ``(B, H, W, C)``.
-
-  >>> import jax
-  >>> from vaejax import models
-  >>> model = models.create_model({"name": "mlp_vae", "latent_dim": 2, "hidden_sizes": (8,)},
-  ...                             (4, 4, 1))
-  >>> x = jax.numpy.zeros((1, 4, 4, 1))
-  >>> params = model.init({"params": jax.random.key(0), "sample": jax.random.key(1)},
-  ...                     x)["params"]
-  >>> {k: v.shape for k, v in decode(model, params, jax.numpy.zeros((5, 2))).items()}
-  {'logits': (5, 4, 4, 1)}
-  """
+  """The likelihood parameters of p(x | z[, y]) for codes ``z`` ``(B, d)``, each
+  ``(B, H, W, C)``: ``{"logits"}`` (Bernoulli) or ``{"mean", "log_var"}`` (Gaussian)."""
   return model.apply({"params": params}, z, labels, method="decode")
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def decode_mean(model: Any, params: Any, z: Array, labels: Array | None = None) -> Array:
-  r"""The likelihood's mean :math:`\mathbb{E}[x \mid z]` ``(B, H, W, C)`` for codes ``z`` ``(B, d)``.
+  r"""The likelihood's mean :math:`\mathbb{E}[x \mid z]`, ``(B, H, W, C)``, for codes ``z``.
 
   Bernoulli: :math:`\sigma(\text{logits})`; Gaussian: its mean
   (:func:`vaejax.distributions.likelihood_mean`).
@@ -106,16 +100,8 @@ def prior_samples(model: Any, params: Any, key: Array, num: int, labels: Array |
   A model with ``sample_prior`` (the hierarchical ones) samples ancestrally, every level's
   prior standard deviation scaled by ``temperature`` (0: the prior means); a flat model
   decodes :math:`z = T \varepsilon`, :math:`\varepsilon \sim N(0, I)`, with ``labels``
-  ``(num,)`` for a conditional one.
-
-  >>> import jax
-  >>> from vaejax import models
-  >>> model = models.create_model({"name": "mlp_vae", "latent_dim": 2, "hidden_sizes": (8,)},
-  ...                             (4, 4, 1))
-  >>> params = model.init({"params": jax.random.key(0), "sample": jax.random.key(1)},
-  ...                     jax.numpy.zeros((1, 4, 4, 1)))["params"]
-  >>> prior_samples(model, params, jax.random.key(2), 6).shape
-  (6, 4, 4, 1)
+  ``(num,)`` for a conditional one. ``num`` and ``temperature`` are static (Python
+  numbers): each value compiles once.
   """
   if hasattr(model, "sample_prior"):
     _, likelihood = model.apply({"params": params}, num, temperature, method="sample_prior",

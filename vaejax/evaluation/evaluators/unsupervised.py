@@ -36,7 +36,10 @@ class UnsupervisedEvaluator(Evaluator):
     self._fn = make_posterior_fn(setup.model)
 
   def evaluate(self, stack, step):
-    from vaejax.evaluation.disentanglement import unsupervised  # pylint: disable=g-import-not-at-top
+    # Imported here: the metrics import scikit-learn, which runs without them need not.
+    from vaejax.evaluation.disentanglement import (  # pylint: disable=g-import-not-at-top
+        unsupervised,
+    )
 
     ground_truth = self._ground_truth or require_ground_truth(self.setup, self.name,
                                                               "unsupervised")
