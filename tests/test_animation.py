@@ -10,7 +10,8 @@ import pytest
 import scipy.stats
 from PIL import Image
 
-from vaejax import animation, distributions, models
+from vaejax import distributions, models
+from vaejax.figures import animation
 
 
 def test_prior_sweep_known_values():

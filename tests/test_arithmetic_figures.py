@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from vaejax import distributions, models, plotting
+from vaejax import distributions, models
+from vaejax.figures import grids, model_figures
 
 SHAPE = (6, 6, 1)
 LABELS = np.array([0, 1, 2, 1, 0, 2, 2, 1], np.int64)
@@ -36,7 +37,7 @@ def cvae():
 
 def test_class_arithmetic_adds_the_class_offset(vae, tmp_path):
   model, params = vae
-  arrays = plotting.class_arithmetic_arrays(model, params, IMAGES, LABELS, source_class=1,
+  arrays = model_figures.class_arithmetic_arrays(model, params, IMAGES, LABELS, source_class=1,
                                             target_class=2, alphas=(0.0, 1.0, 2.0))
   np.testing.assert_array_equal(arrays["query_classes"], [0, 1])  # every class but the target
   chex.assert_shape(arrays["decoded"], (2, 3, *SHAPE))
@@ -50,14 +51,14 @@ def test_class_arithmetic_adds_the_class_offset(vae, tmp_path):
   want = distributions.likelihood_mean(
       model.apply(variables, jnp.asarray(mean[1:2] + 2.0 * v), method="decode"))
   chex.assert_trees_all_close(arrays["decoded"][1, 2], np.asarray(want)[0], atol=1e-6)
-  path = plotting.write_class_arithmetic_figure(model, params, IMAGES, LABELS,
+  path = model_figures.write_class_arithmetic_figure(model, params, IMAGES, LABELS,
                                                 tmp_path / "class.png", 1, 2)
   assert plt.imread(path).shape[0] > 100
 
 
 def test_style_arithmetic_keeps_each_label(cvae, tmp_path):
   model, params = cvae
-  arrays = plotting.style_arithmetic_arrays(model, params, IMAGES, LABELS, reference_index=2,
+  arrays = model_figures.style_arithmetic_arrays(model, params, IMAGES, LABELS, reference_index=2,
                                             num_queries=3, alphas=(0.0, 1.0))
   np.testing.assert_array_equal(arrays["query_labels"], LABELS[[0, 1, 3]])
   chex.assert_shape(arrays["decoded"], (3, 2, *SHAPE))
@@ -73,7 +74,7 @@ def test_style_arithmetic_keeps_each_label(cvae, tmp_path):
   recon = distributions.likelihood_mean(model.apply(
       variables, jnp.asarray(mean[:1]), jnp.array([LABELS[0]], jnp.int32), method="decode"))
   chex.assert_trees_all_close(arrays["decoded"][0, 0], np.asarray(recon)[0], atol=1e-6)
-  path = plotting.write_style_arithmetic_figure(model, params, IMAGES, LABELS,
+  path = model_figures.write_style_arithmetic_figure(model, params, IMAGES, LABELS,
                                                 tmp_path / "style.png", reference_index=2)
   assert plt.imread(path).shape[0] > 100
 
@@ -82,11 +83,11 @@ def test_plot_latent_arithmetic_layout():
   inputs = np.zeros((2, 4, 4, 1), np.float32)
   decoded = np.ones((2, 3, 4, 4, 1), np.float32)
   reference = np.full((4, 4, 1), 0.25, np.float32)
-  fig = plotting.plot_latent_arithmetic(inputs, decoded, [0, 0.5, 1], "t", ["a", "b"],
+  fig = grids.plot_latent_arithmetic(inputs, decoded, [0, 0.5, 1], "t", ["a", "b"],
                                         reference=reference)
   shown = np.asarray(fig.axes[0].images[0].get_array())
   chex.assert_shape(shown, (3 * 5 - 1, 4 * 5 - 1))
-  assert np.all(shown[:4, :4] == 0.25) and np.all(shown[:4, 5:] == plotting._PAD_VALUE)
+  assert np.all(shown[:4, :4] == 0.25) and np.all(shown[:4, 5:] == grids.PAD_VALUE)
   assert np.all(shown[5:9, :4] == 0.0) and np.all(shown[5:9, 5:9] == 1.0)
   ax = fig.axes[0]
   assert [t.get_text() for t in ax.get_xticklabels()] == ["input", "α=0", "α=0.5", "α=1"]
@@ -95,17 +96,19 @@ def test_plot_latent_arithmetic_layout():
 
 
 @pytest.mark.parametrize("make_call, match", [
-    (lambda vae, cvae: plotting.class_arithmetic_arrays(*vae, IMAGES, LABELS, 1, 5),
+    (lambda vae, cvae: model_figures.class_arithmetic_arrays(*vae, IMAGES, LABELS, 1, 5),
      "has no images"),
-    (lambda vae, cvae: plotting.class_arithmetic_arrays(*cvae, IMAGES, LABELS, 1, 2),
+    (lambda vae, cvae: model_figures.class_arithmetic_arrays(*cvae, IMAGES, LABELS, 1, 2),
      "unconditional"),
-    (lambda vae, cvae: plotting.class_arithmetic_arrays(*vae, IMAGES, LABELS[:3], 1, 2), "labels"),
-    (lambda vae, cvae: plotting.style_arithmetic_arrays(*vae, IMAGES, LABELS), "conditional VAE"),
-    (lambda vae, cvae: plotting.style_arithmetic_arrays(*cvae, IMAGES, LABELS, 8),
+    (lambda vae, cvae: model_figures.class_arithmetic_arrays(*vae, IMAGES, LABELS[:3], 1, 2),
+     "labels"),
+    (lambda vae, cvae: model_figures.style_arithmetic_arrays(*vae, IMAGES, LABELS),
+     "conditional VAE"),
+    (lambda vae, cvae: model_figures.style_arithmetic_arrays(*cvae, IMAGES, LABELS, 8),
      "reference_index"),
-    (lambda vae, cvae: plotting.style_arithmetic_arrays(*cvae, IMAGES, LABELS, num_queries=8),
+    (lambda vae, cvae: model_figures.style_arithmetic_arrays(*cvae, IMAGES, LABELS, num_queries=8),
      "num_queries"),
-    (lambda vae, cvae: plotting.plot_latent_arithmetic(
+    (lambda vae, cvae: grids.plot_latent_arithmetic(
         np.zeros((2, 4, 4, 1)), np.zeros((2, 2, 4, 4, 1)), [0.0], "t"), "len"),
 ])
 def test_bad_arguments_get_one_clear_error(vae, cvae, make_call, match):

@@ -7,7 +7,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from vaejax import distributions, models, plotting
+from vaejax import distributions, models
+from vaejax.figures import grids, model_figures
 
 
 def _shown(fig) -> np.ndarray:
@@ -20,7 +21,7 @@ def test_tile_images_known_layout():
   for r in range(2):
     for c in range(3):
       grid[r, c] = 10 * r + c
-  tiled = plotting.tile_images(grid, pad=1, pad_value=-1.0)
+  tiled = grids.tile_images(grid, pad=1, pad_value=-1.0)
   chex.assert_shape(tiled, (2 * 3 - 1, 3 * 3 - 1, 1))
   assert tiled[0, 0, 0] == 0 and tiled[1, 1, 0] == 0
   assert tiled[0, 3, 0] == 1 and tiled[4, 7, 0] == 12
@@ -31,9 +32,9 @@ def test_reconstructions_alternate_input_and_reconstruction_rows():
   rng = np.random.default_rng(0)
   inputs = rng.random((5, 4, 4, 1)).astype(np.float32)
   recons = rng.random((5, 4, 4, 1)).astype(np.float32)
-  fig = plotting.plot_reconstructions(inputs, recons, ncols=3)
+  fig = grids.plot_reconstructions(inputs, recons, ncols=3)
   shown = _shown(fig)
-  pad = plotting._PAD_VALUE
+  pad = grids.PAD_VALUE
   blank = np.full((4, 4, 1), pad, np.float32)
   expected_grid = np.stack([
       np.stack([inputs[0], inputs[1], inputs[2]]),
@@ -41,7 +42,7 @@ def test_reconstructions_alternate_input_and_reconstruction_rows():
       np.stack([inputs[3], inputs[4], blank]),
       np.stack([recons[3], recons[4], blank]),
   ])
-  chex.assert_trees_all_close(shown, plotting.tile_images(expected_grid)[..., 0])
+  chex.assert_trees_all_close(shown, grids.tile_images(expected_grid)[..., 0])
   labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
   assert labels == ["input", "reconstruction", "input", "reconstruction"]
   plt.close(fig)
@@ -49,7 +50,7 @@ def test_reconstructions_alternate_input_and_reconstruction_rows():
 
 def test_kl_bar_heights_and_colours():
   kl = np.array([0.0, 2.5, 0.005, 1.0])
-  fig = plotting.plot_kl_per_dim(kl)
+  fig = grids.plot_kl_per_dim(kl)
   bars = fig.axes[0].patches
   chex.assert_trees_all_close(np.array([b.get_height() for b in bars]), kl)
   grey = [b.get_facecolor() == plt.matplotlib.colors.to_rgba("lightgrey") for b in bars]
@@ -60,7 +61,7 @@ def test_kl_bar_heights_and_colours():
 
 def test_traversal_labels_and_columns():
   images = np.zeros((2, 3, 4, 4, 1), np.float32)
-  fig = plotting.plot_traversals(images, [-1.0, 0.0, 1.0], dims=[7, 2], kl=[3.0, 0.5])
+  fig = grids.plot_traversals(images, [-1.0, 0.0, 1.0], dims=[7, 2], kl=[3.0, 0.5])
   ax = fig.axes[0]
   assert [t.get_text() for t in ax.get_yticklabels()] == ["z7  KL 3.00", "z2  KL 0.50"]
   assert [t.get_text() for t in ax.get_xticklabels()] == ["-1.0", "+0.0", "+1.0"]
@@ -70,10 +71,10 @@ def test_traversal_labels_and_columns():
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: plotting.plot_reconstructions(np.zeros((2, 4, 4, 1)), np.zeros((3, 4, 4, 1))),
-        lambda: plotting.plot_samples(np.zeros((2, 4, 4, 2))),
-        lambda: plotting.plot_traversals(np.zeros((2, 3, 4, 4, 1)), [0.0, 1.0], dims=[0, 1]),
-        lambda: plotting.plot_kl_per_dim(np.zeros((2, 2))),
+        lambda: grids.plot_reconstructions(np.zeros((2, 4, 4, 1)), np.zeros((3, 4, 4, 1))),
+        lambda: grids.plot_samples(np.zeros((2, 4, 4, 2))),
+        lambda: grids.plot_traversals(np.zeros((2, 3, 4, 4, 1)), [0.0, 1.0], dims=[0, 1]),
+        lambda: grids.plot_kl_per_dim(np.zeros((2, 2))),
     ],
 )
 def test_bad_inputs_raise(call):
@@ -95,7 +96,7 @@ def test_figure_arrays_traverse_by_kl_order(tiny_vae):
   model, params = tiny_vae
   images = np.random.default_rng(0).random((4, 6, 6, 1)).astype(np.float32)
   kl = np.array([0.1, 2.0, 1.0])
-  arrays = plotting.figure_arrays(
+  arrays = model_figures.figure_arrays(
       model, params, images, jax.random.PRNGKey(0), kl_per_dim=kl, traversal_steps=5,
       traversal_range=2.0, max_traversal_dims=2, num_samples=6)
   np.testing.assert_array_equal(arrays["traversal_dims"], [1, 2])
@@ -118,7 +119,8 @@ def test_figure_arrays_traverse_by_kl_order(tiny_vae):
 def test_write_figures_writes_readable_pngs(tiny_vae, tmp_path):
   model, params = tiny_vae
   images = np.random.default_rng(1).random((4, 6, 6, 1)).astype(np.float32)
-  paths = plotting.write_figures(model, params, images, tmp_path / "figs", jax.random.PRNGKey(3))
+  paths = model_figures.write_figures(model, params, images, tmp_path / "figs",
+                                      jax.random.PRNGKey(3))
   names = sorted(p.name for p in paths)
   assert names == sorted(
       ["reconstructions.png", "samples.png", "traversals.png", "interpolation.png",
@@ -136,7 +138,7 @@ def test_conditional_figures_share_z_across_a_column_and_transfer_style(tmp_path
       {"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)}, x, labels)["params"]
   images = np.random.default_rng(2).random((5, 6, 6, 1)).astype(np.float32)
   image_labels = np.array([0, 1, 2, 3, 0], np.int32)
-  arrays = plotting.figure_arrays(model, params, images, jax.random.PRNGKey(4),
+  arrays = model_figures.figure_arrays(model, params, images, jax.random.PRNGKey(4),
                                   labels=image_labels, num_classes=4, traversal_steps=3)
   chex.assert_shape(arrays["class_samples"], (4, 3, 6, 6, 1))
   chex.assert_shape(arrays["style_transfer"], (5, 4, 6, 6, 1))
@@ -150,7 +152,7 @@ def test_conditional_figures_share_z_across_a_column_and_transfer_style(tmp_path
   # Class samples: rows differ by class only, so the same row label gives the same image
   # for the same z, and different classes give different images.
   assert not np.allclose(arrays["class_samples"][0, 0], arrays["class_samples"][1, 0])
-  paths = plotting.write_figures(model, params, images, tmp_path, jax.random.PRNGKey(5),
+  paths = model_figures.write_figures(model, params, images, tmp_path, jax.random.PRNGKey(5),
                                  labels=image_labels, num_classes=4)
   assert {"class_samples.png", "style_transfer.png"} <= {p.name for p in paths}
 
@@ -163,7 +165,7 @@ def test_hierarchical_samples_are_ancestral(tmp_path):
       jnp.zeros((1, 6, 6, 1)))["params"]
   images = np.random.default_rng(3).random((4, 6, 6, 1)).astype(np.float32)
   key = jax.random.PRNGKey(7)
-  arrays = plotting.figure_arrays(model, params, images, key, num_samples=5)
+  arrays = model_figures.figure_arrays(model, params, images, key, num_samples=5)
   _, expected = model.apply({"params": params}, 5, method="sample_prior", rngs={"sample": key})
   chex.assert_trees_all_close(arrays["samples"], distributions.likelihood_mean(expected),
                               atol=1e-6)

@@ -47,6 +47,7 @@ import numpy as np
 from vaejax.data import dsprites
 from vaejax.data.dsprites import RenderedDSprites
 from vaejax.evaluation.disentanglement import sampling
+from vaejax.utils.checks import check_int
 
 ARITHMETIC_FACTORS = ("shape", "scale", "pos_x", "pos_y")
 # (source class, target class) per factor: square -> heart, smallest -> largest, and
@@ -215,8 +216,7 @@ def attribute_vector(encode_fn: EncodeFn, factor: str, source: int, target: int,
   """
   ground_truth = _check_ground_truth(ground_truth)
   source, target = _check_change(factor, (source, target))
-  if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
-    raise ValueError(f"num_examples must be an int >= 1, got {num_examples!r}.")
+  check_int(num_examples, "num_examples", minimum=1)
   column = dsprites.GT_FACTOR_NAMES.index(factor)
   others = np.asarray(ground_truth.sample_factors(num_examples, rng))
   codes = {}
@@ -288,6 +288,22 @@ def arithmetic_accuracy(
   """
   ground_truth = _check_ground_truth(ground_truth)
   rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+  factors, all_changes = _check_settings(factors, changes, alpha, tolerance, num_queries,
+                                         threshold)
+  table = {}
+  for factor in factors:
+    source, target = _check_change(factor, all_changes[factor])
+    table[factor] = _factor_row(
+        encode_fn, decode_fn, ground_truth, factor, source, target, alpha=alpha,
+        num_examples=num_examples, num_queries=num_queries, tolerance=tolerance,
+        threshold=threshold, rng=rng, chunk_size=chunk_size)
+  return table
+
+
+def _check_settings(factors: Sequence[str] | str, changes: Mapping[str, tuple[int, int]] | None,
+                    alpha: float, tolerance: float, num_queries: int,
+                    threshold: float) -> tuple[tuple[str, ...], dict[str, tuple[int, int]]]:
+  """The factors to test and every factor's (source, target) classes, or one ValueError."""
   factors = (factors,) if isinstance(factors, str) else tuple(factors)
   if not factors:
     raise ValueError(f"factors must name at least one of {ARITHMETIC_FACTORS}.")
@@ -298,51 +314,62 @@ def arithmetic_accuracy(
     raise ValueError(f"alpha must be finite, got {alpha!r}.")
   if not np.isfinite(tolerance) or tolerance < 0:
     raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}.")
-  if isinstance(num_queries, bool) or not isinstance(num_queries, int) or num_queries < 1:
-    raise ValueError(f"num_queries must be an int >= 1, got {num_queries!r}.")
+  check_int(num_queries, "num_queries", minimum=1)
   if not 0.0 <= threshold < 1.0:
     raise ValueError(f"threshold must be in [0, 1), got {threshold!r}.")
+  return factors, all_changes
 
-  table = {}
-  for factor in factors:
-    source, target = _check_change(factor, all_changes[factor])
-    column = dsprites.GT_FACTOR_NAMES.index(factor)
-    vector = attribute_vector(encode_fn, factor, source, target, num_examples, rng,
-                              ground_truth, chunk_size)
-    query_factors = _with_factor(np.asarray(ground_truth.sample_factors(num_queries, rng)),
-                                 column, source)
-    observations = ground_truth.sample_observations_from_factors(query_factors, rng)
-    means = sampling.represent(encode_fn, observations, chunk_size)
-    before = (_decode(decode_fn, means, chunk_size) > threshold).astype(np.float64)
-    after = (_decode(decode_fn, means + alpha * vector[None], chunk_size) > threshold).astype(
-        np.float64)
 
-    values = dsprites.factor_values(query_factors)
-    target_values = values.copy()
-    goal = dsprites.factor_values(_with_factor(query_factors, column, target))[:, column]
-    if factor == "shape":
-      target_values[:, column] = goal
-    else:
-      target_values[:, column] = values[:, column] + alpha * (goal - values[:, column])
-    row: dict[str, float] = {"source_class": float(source), "target_class": float(target),
-                             "alpha": float(alpha), "vector_norm": float(np.linalg.norm(vector))}
-    if factor in ("pos_x", "pos_y"):
-      axis = 0 if factor == "pos_x" else 1
-      expected = centroids(_render(target_values))[:, axis] - centroids(_render(values))[:, axis]
-      measured = centroids(after)[:, axis] - centroids(before)[:, axis]
-      row.update(_summary(position_success(measured, expected, tolerance), measured, expected))
-    elif factor == "scale":
-      expected = areas(_render(target_values)) / areas(_render(values))
-      with np.errstate(divide="ignore", invalid="ignore"):
-        measured = areas(after) / areas(before)
-      measured = np.where(np.isfinite(measured), measured, np.nan)
-      row.update(_summary(scale_success(measured, expected, tolerance), measured, expected))
-    else:
-      scale, pos_x, pos_y = values[:, 1], values[:, 3], values[:, 4]
-      predicted = nearest_shapes(after, scale, pos_x, pos_y)  # already binary
-      success = predicted == target
-      row.update(_summary(success, success.astype(np.float64), np.ones(num_queries)))
-      row["source_accuracy"] = float(np.mean(nearest_shapes(before, scale, pos_x, pos_y)
-                                             == source))
-    table[factor] = row
-  return table
+def _factor_row(encode_fn: EncodeFn, decode_fn: DecodeFn, ground_truth, factor: str,
+                source: int, target: int, *, alpha: float, num_examples: int,
+                num_queries: int, tolerance: float, threshold: float,
+                rng: np.random.Generator, chunk_size: int) -> dict[str, float]:
+  """One row of :func:`arithmetic_accuracy`: the factor's attribute vector, queries of the
+  source class decoded before and after adding it, and the change measured on them."""
+  column = dsprites.GT_FACTOR_NAMES.index(factor)
+  vector = attribute_vector(encode_fn, factor, source, target, num_examples, rng,
+                            ground_truth, chunk_size)
+  query_factors = _with_factor(np.asarray(ground_truth.sample_factors(num_queries, rng)),
+                               column, source)
+  observations = ground_truth.sample_observations_from_factors(query_factors, rng)
+  means = sampling.represent(encode_fn, observations, chunk_size)
+  before = (_decode(decode_fn, means, chunk_size) > threshold).astype(np.float64)
+  after = (_decode(decode_fn, means + alpha * vector[None], chunk_size) > threshold).astype(
+      np.float64)
+
+  values = dsprites.factor_values(query_factors)
+  target_values = values.copy()
+  goal = dsprites.factor_values(_with_factor(query_factors, column, target))[:, column]
+  if factor == "shape":
+    target_values[:, column] = goal
+  else:
+    target_values[:, column] = values[:, column] + alpha * (goal - values[:, column])
+  row: dict[str, float] = {"source_class": float(source), "target_class": float(target),
+                           "alpha": float(alpha), "vector_norm": float(np.linalg.norm(vector))}
+  row.update(_measured_change(factor, values, target_values, before, after, source, target,
+                              tolerance))
+  return row
+
+
+def _measured_change(factor: str, values: np.ndarray, target_values: np.ndarray,
+                     before: np.ndarray, after: np.ndarray, source: int, target: int,
+                     tolerance: float) -> dict[str, float]:
+  """Success, measured and expected change of decoded sprites ``before`` → ``after`` whose
+  factor values went from ``values`` to ``target_values`` (see the module docstring)."""
+  if factor in ("pos_x", "pos_y"):
+    axis = 0 if factor == "pos_x" else 1
+    expected = centroids(_render(target_values))[:, axis] - centroids(_render(values))[:, axis]
+    measured = centroids(after)[:, axis] - centroids(before)[:, axis]
+    return _summary(position_success(measured, expected, tolerance), measured, expected)
+  if factor == "scale":
+    expected = areas(_render(target_values)) / areas(_render(values))
+    with np.errstate(divide="ignore", invalid="ignore"):
+      measured = areas(after) / areas(before)
+    measured = np.where(np.isfinite(measured), measured, np.nan)
+    return _summary(scale_success(measured, expected, tolerance), measured, expected)
+  scale, pos_x, pos_y = values[:, 1], values[:, 3], values[:, 4]
+  predicted = nearest_shapes(after, scale, pos_x, pos_y)  # already binary
+  success = predicted == target
+  return {**_summary(success, success.astype(np.float64), np.ones(success.shape[0])),
+          "source_accuracy": float(np.mean(nearest_shapes(before, scale, pos_x, pos_y)
+                                           == source))}

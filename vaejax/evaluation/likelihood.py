@@ -28,6 +28,7 @@ from vaejax import distributions
 # The one log-weight function, shared with the training objectives; public here as before.
 from vaejax.objectives import log_importance_weight  # noqa: F401
 from vaejax.types import VAEOutput
+from vaejax.utils.checks import check_int
 
 Array = jax.Array
 ArrayLike = Any
@@ -119,10 +120,8 @@ def iwae_log_likelihood(
   Returns:
     (B,) log p̂_K(x) in nats (negate for the NLL).
   """
-  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-    raise ValueError(f"num_samples (K) must be an int >= 1, got {num_samples!r}.")
-  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-    raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}.")
+  check_int(num_samples, "num_samples (K)", minimum=1)
+  check_int(chunk_size, "chunk_size", minimum=1)
   chunk = min(chunk_size, num_samples)
   num_chunks = -(-num_samples // chunk)
   batch = jnp.shape(x)[0]

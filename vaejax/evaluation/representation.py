@@ -26,6 +26,7 @@ import numpy as np
 from absl import logging
 
 from vaejax.evaluation import disentanglement
+from vaejax.models import codec
 
 DEFAULT_BATCH_SIZE = 256  # = disentanglement.represent's chunk: one call per chunk
 
@@ -101,7 +102,7 @@ def check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _check_unconditional(model: Any) -> None:
-  if getattr(model, "conditional", False):
+  if codec.is_conditional(model):
     raise ValueError(
         f"{type(model).__name__} is conditional (num_classes={model.num_classes}); the "
         "disentanglement metrics encode observations without labels. Use an "
@@ -141,11 +142,6 @@ def make_representation_fn(
     raise ValueError(f"The model needs an image_shape (H, W, C); got {image_shape!r}.")
   params = jax.device_put(params)  # once, not per call
 
-  @jax.jit
-  def encode_mean(p, x):
-    mean, _ = model.apply({"params": p}, x, method="encode")
-    return mean
-
   def representation_fn(observations: Any) -> np.ndarray:
     x = np.asarray(observations, dtype=np.float32)
     if x.ndim == 3 and image_shape[-1] == 1:
@@ -165,7 +161,7 @@ def make_representation_fn(
       m = chunk.shape[0]
       if m < batch_size:  # pad with the last row: one compiled shape
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - m, axis=0)])
-      codes.append(np.asarray(encode_mean(params, jnp.asarray(chunk)))[:m])
+      codes.append(np.asarray(codec.encode(model, params, jnp.asarray(chunk))[0])[:m])
     return np.concatenate(codes)
 
   return representation_fn

@@ -5,9 +5,11 @@ whose forward pass gives a :class:`vaejax.types.VAEOutput`. Built-in names: "mlp
 "conv_vae", "mlp_cvae", "conv_cvae", "hvae" (the top-down hierarchical VAE) and
 "deep_hvae" (the deep conv hierarchical VAE of :mod:`vaejax.models.deep_hierarchical`).
 A module that defines more models registers them with ``@register(name, **extra_defaults)``
-and is imported below so they are available.
+and is imported below so they are available. :mod:`vaejax.models.codec` encodes and decodes
+with a model's parameters (``codec.encode(model, params, x)``, ``codec.decode_mean``, ...).
 """
 
+from vaejax.models import codec  # noqa: F401  (encode / decode with a model's parameters)
 from vaejax.models import deep_hierarchical  # noqa: F401  (registers "deep_hvae")
 from vaejax.models import hierarchical  # noqa: F401  (registers "hvae")
 from vaejax.models.deep_hierarchical import DeepHierarchicalVAE

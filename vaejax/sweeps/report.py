@@ -40,7 +40,8 @@ import matplotlib.image
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vaejax import plotting
+from vaejax.figures import grids
+from vaejax.utils import files
 
 Figure = matplotlib.figure.Figure
 ACTIVE_KL = 0.01  # nats: a dimension below this mean KL counts as collapsed in the heatmap
@@ -440,19 +441,16 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
            "summary.json": json.dumps({"label": label, "settings": groups}, indent=1) + "\n"}
   written = []
   for name, text in texts.items():
-    tmp = out_dir / (name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out_dir / name)
-    written.append(out_dir / name)
-  written.append(plotting.save_figure(plot_rate_distortion(groups, label),
-                                      out_dir / "rate_distortion.png"))
+    written.append(files.atomic_write_text(out_dir / name, text))
+  written.append(grids.save_figure(plot_rate_distortion(groups, label),
+                                   out_dir / "rate_distortion.png"))
   if any(g.get("kl_sorted") is not None for g in groups):
-    written.append(plotting.save_figure(plot_kl_heatmap(groups, label),
-                                        out_dir / "kl_per_dim.png"))
+    written.append(grids.save_figure(plot_kl_heatmap(groups, label),
+                                     out_dir / "kl_per_dim.png"))
   if len(keys) == 1 and len(groups) > 1:
     name = keys[0].split(".")[-1]
-    written.append(plotting.save_figure(plot_metrics(rows, keys[0], label),
-                                        out_dir / f"metrics_vs_{name}.png"))
+    written.append(grids.save_figure(plot_metrics(rows, keys[0], label),
+                                     out_dir / f"metrics_vs_{name}.png"))
   root = out_dir.parent
   images = []
   for g in groups:
@@ -461,6 +459,6 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
     if path.exists():
       images.append((f"{setting_label(g)}, seed {first['point'].get('seed', '—')}", path))
   if images:
-    written.append(plotting.save_figure(plot_traversals(images, label),
-                                        out_dir / "traversals.png", dpi=90))
+    written.append(grids.save_figure(plot_traversals(images, label),
+                                     out_dir / "traversals.png", dpi=90))
   return written

@@ -42,6 +42,7 @@ from absl import logging
 
 import vaejax
 from vaejax import config as config_lib
+from vaejax.models import codec
 from vaejax.sweeps import grid as grid_lib
 from vaejax.training import checkpoint as checkpoint_lib
 from vaejax.training import faults, memory, mesh as mesh_lib, writers as writers_lib
@@ -117,7 +118,7 @@ def _make_executor(plan: Plan, gp: GroupPlan, chunk_size: int) -> Executor:
   step_fn = make_train_step(gp.model, optimizer_from_config(config),
                             free_bits_groups=gp.free_bits_groups,
                             total_correlation=gp.total_correlation,
-                            conditional=bool(getattr(gp.model, "conditional", False)),
+                            conditional=codec.is_conditional(gp.model),
                             importance=importance_from_config(config),
                             skip_threshold=float(config.optimizer.skip_threshold))
   return Executor(step_fn, gp.seeds, gp.hyper, chunk_size=chunk_size,
@@ -188,7 +189,7 @@ def _run_group(plan: Plan, gp: GroupPlan, progress: bool | None,
   ckpt_dir = gp.directory / checkpoint_lib.CHECKPOINT_DIR
   latest = checkpoint_lib.latest_resumable_step(ckpt_dir, config_dict, plan.points)
   optimizer = optimizer_from_config(config)
-  conditional = bool(getattr(gp.model, "conditional", False))
+  conditional = codec.is_conditional(gp.model)
   if latest is not None and latest >= config.num_steps:  # finished: restore, compile nothing
     target = abstract_stack(gp.model, optimizer, len(gp.models), tuple(gp.dataset.image_shape),
                             conditional=conditional)
@@ -505,7 +506,7 @@ def _evaluate_groups(run: Plan) -> list[dict[str, Any]]:
   config = run.config
   results: list[dict[str, Any]] = [{} for _ in run.points]
   for gp in run.groups:
-    conditional = bool(getattr(gp.model, "conditional", False))
+    conditional = codec.is_conditional(gp.model)
     target = abstract_stack(gp.model, optimizer_from_config(gp.config), len(gp.models),
                             tuple(gp.dataset.image_shape), conditional=conditional)
     ckpt_dir = gp.directory / checkpoint_lib.CHECKPOINT_DIR

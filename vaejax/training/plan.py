@@ -23,6 +23,7 @@ from vaejax import config as config_lib
 from vaejax import data as data_lib
 from vaejax import models as models_lib
 from vaejax import objectives
+from vaejax.models import codec
 from vaejax.evaluation import evaluators as evaluators_lib
 from vaejax.sweeps import grid as grid_lib
 from vaejax.training import memory, mesh as mesh_lib, writers as writers_lib
@@ -163,7 +164,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     gconfig = configs[group.models[0]]
     ds = _load_dataset(gconfig, datasets, dataset)
     model = models_lib.create_model(gconfig.model, tuple(ds.image_shape), ds.num_classes)
-    conditional = bool(getattr(model, "conditional", False))
+    conditional = codec.is_conditional(model)
     if conditional and ds.num_classes is None:
       raise config_lib.ConfigError(
           f"Model {gconfig.model.name!r} is conditional but dataset {ds.name!r} has no labels.")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,9 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+
+from vaejax.utils import files
+from vaejax.utils import progress as progress_lib
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -65,13 +67,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def write_jsonl(path: str | os.PathLike, rows: Sequence[Row]) -> None:
   """Writes ``rows`` atomically (temp file, fsync, rename)."""
-  path = Path(path)
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w") as f:
+  with files.atomic_open(path) as f:
     f.writelines(json.dumps(to_python(row)) + "\n" for row in rows)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def rewound_path(path: str | os.PathLike) -> Path:
@@ -216,7 +213,8 @@ class TensorBoardWriter(MetricWriter):
 
 
 class ProgressWriter(MetricWriter):
-  """A tqdm bar (rate, ETA, a summary of the last rows) or, off a terminal, log lines.
+  """Training progress (:class:`vaejax.utils.progress.Progress`): a bar with rate, ETA and
+  a summary of the last rows on a terminal, else one log line per logged step.
 
   Args:
     start_step, total_steps: the bar's range.
@@ -228,17 +226,11 @@ class ProgressWriter(MetricWriter):
 
   def __init__(self, start_step: int, total_steps: int, enabled: bool | None = None,
                label: str = ""):
-    import tqdm  # pylint: disable=g-import-not-at-top
-
-    if enabled is None:
-      enabled = sys.stderr.isatty()
-    self._label = label
-    self._bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not enabled,
-                          unit="step", dynamic_ncols=True, smoothing=0.1,
-                          desc=label or None)
+    self._progress = progress_lib.Progress(total_steps, initial=start_step, label=label,
+                                           unit="step", enabled=enabled)
 
   def advance(self, steps: int = 1) -> None:
-    self._bar.update(steps)
+    self._progress.advance(steps)
 
   @classmethod
   def summary(cls, rows: Sequence[Row]) -> str:
@@ -260,15 +252,13 @@ class ProgressWriter(MetricWriter):
 
   def write_rows(self, step, rows):
     summary = self.summary(rows)
-    if self._bar.disable:
+    if not self._progress.enabled:  # a log line says which step and how fast
       rate = rows[0].get("steps_per_sec", math.nan) if rows else math.nan
-      logging.info("%sstep %d: %s (%.2f steps/s)", f"{self._label}: " if self._label else "",
-                   step, summary, rate)
-    else:
-      self._bar.set_postfix_str(summary, refresh=True)
+      summary = f"step {step}: {summary} ({rate:.2f} steps/s)"
+    self._progress.report(summary)
 
   def close(self):
-    self._bar.close()
+    self._progress.close()
 
 
 def create_writers(workdir: str | os.PathLike, start_step: int, total_steps: int, *,

@@ -25,12 +25,12 @@ def check_int(value: Any, name: str, *, minimum: int | None = None,
   >>> check_int(0, "num_samples", minimum=1)
   Traceback (most recent call last):
   ...
-  ValueError: num_samples=0 must be an integer >= 1.
+  ValueError: num_samples=0 must be an int >= 1.
   """
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise error(f"{name}={value!r} must be an integer{_range(minimum, maximum, False)}.")
+    raise error(f"{name}={value!r} must be an int{_range(minimum, maximum, False)}.")
   if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-    raise error(f"{name}={value!r} must be an integer{_range(minimum, maximum, False)}.")
+    raise error(f"{name}={value!r} must be an int{_range(minimum, maximum, False)}.")
   return int(value)
 
 

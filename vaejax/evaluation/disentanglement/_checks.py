@@ -7,8 +7,6 @@ the offending value and what is allowed.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 
@@ -101,10 +99,3 @@ def check_classes(labels: np.ndarray, name: str) -> None:
     raise ValueError(
         f"{name} takes a single value ({labels.flat[0]}) in the training sample, so no "
         "classifier can be fitted; use more samples, or drop a constant factor.")
-
-
-def check_int(value, name: str, minimum: int) -> int:
-  """Returns ``value`` as an int >= ``minimum`` (bools rejected)."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-  return int(value)

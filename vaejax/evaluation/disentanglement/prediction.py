@@ -16,6 +16,7 @@ import threadpoolctl
 from sklearn import ensemble, exceptions, linear_model, metrics, svm
 
 from vaejax.evaluation.disentanglement import _checks
+from vaejax.utils.checks import check_int
 
 DCI_MODELS = ("hist_gbt", "gbt")
 
@@ -36,6 +37,12 @@ def disentanglement_completeness(importance_matrix) -> tuple[float, float]:
   ``w_k = sum_i R_ik / sum R``. ``H_b`` is the entropy in base ``b``; ``1e-11``
   is added to ``R`` first (dlib), and an all-zero ``R`` gets uniform weights.
   Needs d >= 2 and K >= 2 (base-1 entropies are undefined).
+
+  >>> import numpy as np
+  >>> [round(v, 3) for v in disentanglement_completeness(np.eye(2))]  # one code per factor
+  [1.0, 1.0]
+  >>> [round(v, 3) for v in disentanglement_completeness(np.ones((2, 2)))]  # all mixed
+  [0.0, 0.0]
   """
   r = np.asarray(importance_matrix, dtype=np.float64)
   if r.ndim != 2 or min(r.shape) < 2:
@@ -124,23 +131,24 @@ def dci(codes_train, factors_train, codes_test, factors_test, *, seed: int = 0,
     dict with floats ``disentanglement``, ``completeness``,
     ``informativeness_train``, ``informativeness_test`` and the
     ``importance_matrix`` ``(d, K)``.
+
+  >>> import numpy as np
+  >>> factors = np.array([(a, b) for a in range(4) for b in range(4)])
+  >>> result = dci(factors.astype(float), factors, factors.astype(float), factors)
+  >>> [round(result[k], 2) for k in ("disentanglement", "completeness", "informativeness_test")]
+  [1.0, 1.0, 1.0]
+  >>> result["importance_matrix"].shape
+  (2, 2)
   """
   if model not in DCI_MODELS:
     raise ValueError(f"model must be one of {DCI_MODELS}, got {model!r}.")
-  n_jobs = _checks.check_int(n_jobs, "n_jobs", 1)
+  n_jobs = check_int(n_jobs, "n_jobs", minimum=1)
   codes_train, factors_train, codes_test, factors_test = _checks.check_train_test(
       codes_train, factors_train, codes_test, factors_test, min_dims=2, min_factors=2)
-  num_factors = factors_train.shape[1]
-  for k in range(num_factors):
+  for k in range(factors_train.shape[1]):
     _checks.check_classes(factors_train[:, k], f"factors_train[:, {k}]")
-  # One OpenMP thread per fit: on a shared 2-core machine the histogram booster's default
-  # threads ran 30x slower (measured); parallelism comes from n_jobs over factors instead.
-  # The limit is process-wide, so it is set here once, not inside the worker threads.
-  with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
-    results = joblib.Parallel(n_jobs=n_jobs, prefer="threads")(
-        joblib.delayed(_fit_one_factor)(model, seed, codes_train, factors_train[:, k],
-                                        codes_test, factors_test[:, k])
-        for k in range(num_factors))
+  results = _fit_factors(model, seed, n_jobs, codes_train, factors_train, codes_test,
+                         factors_test)
   importance = np.stack([r[0] for r in results], axis=1)
   d_score, c_score = disentanglement_completeness(importance)
   return {
@@ -150,6 +158,19 @@ def dci(codes_train, factors_train, codes_test, factors_test, *, seed: int = 0,
       "informativeness_test": float(np.mean([r[2] for r in results])),
       "importance_matrix": importance,
   }
+
+
+def _fit_factors(model: str, seed: int, n_jobs: int, codes_train, factors_train, codes_test,
+                 factors_test) -> list[tuple[np.ndarray, float, float]]:
+  """:func:`_fit_one_factor` for every factor, ``n_jobs`` factors at a time."""
+  # One OpenMP thread per fit: on a shared 2-core machine the histogram booster's default
+  # threads ran 30x slower (measured); parallelism comes from n_jobs over factors instead.
+  # The limit is process-wide, so it is set here once, not inside the worker threads.
+  with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+    return joblib.Parallel(n_jobs=n_jobs, prefer="threads")(
+        joblib.delayed(_fit_one_factor)(model, seed, codes_train, factors_train[:, k],
+                                        codes_test, factors_test[:, k])
+        for k in range(factors_train.shape[1]))
 
 
 def sap(codes_train, factors_train, codes_test, factors_test, continuous_factors: bool = False,
@@ -178,42 +199,60 @@ def sap(codes_train, factors_train, codes_test, factors_test, continuous_factors
 
   Returns:
     ``(score, {"score_matrix": S})``.
+
+  >>> import numpy as np
+  >>> factors = np.array([(a, b) for a in range(2) for b in range(2)] * 4)  # binary factors
+  >>> score, details = sap(factors.astype(float), factors, factors.astype(float), factors)
+  >>> score, details["score_matrix"].tolist()  # accuracy 1 from its own code, 0.5 from the other
+  (0.5, [[1.0, 0.5], [0.5, 1.0]])
   """
   if continuous_factors:
-    codes_train = _checks.check_codes(codes_train, "codes_train", min_dims=2)
-    factors_train = _checks.check_codes(factors_train, "factors_train")
-    _checks.check_same_length(codes_train, factors_train, "codes_train", "factors_train")
-    codes_test = _checks.check_codes(codes_test, "codes_test", min_dims=2)
-    factors_test = _checks.check_codes(factors_test, "factors_test")
-    _checks.check_same_length(codes_test, factors_test, "codes_test", "factors_test")
-    _checks.check_same_width(codes_train, codes_test, "codes_train", "codes_test")
-    _checks.check_same_width(factors_train, factors_test, "factors_train", "factors_test")
-    n = codes_train.shape[0]
-    c = codes_train - codes_train.mean(axis=0)
-    y = factors_train - factors_train.mean(axis=0)
-    var_y = np.sum(y * y, axis=0) / (n - 1)
-    if np.any(var_y == 0):
-      k = int(np.argmax(var_y == 0))
-      raise ValueError(f"factors_train[:, {k}] is constant, so its correlation is undefined.")
-    var_c = np.sum(c * c, axis=0) / (n - 1)
-    cov = c.T @ y / (n - 1)
-    safe_var_c = np.where(var_c > 1e-12, var_c, 1.0)
-    score = np.where(var_c[:, None] > 1e-12,
-                     np.square(cov) / (safe_var_c[:, None] * var_y[None, :]), 0.0)
+    score = _sap_correlations(codes_train, factors_train, codes_test, factors_test)
   else:
-    codes_train, factors_train, codes_test, factors_test = _checks.check_train_test(
-        codes_train, factors_train, codes_test, factors_test, min_dims=2)
-    d, num_factors = codes_train.shape[1], factors_train.shape[1]
-    for k in range(num_factors):
-      _checks.check_classes(factors_train[:, k], f"factors_train[:, {k}]")
-    score = np.zeros((d, num_factors))
-    for i in range(d):
-      for k in range(num_factors):
-        clf = svm.LinearSVC(C=0.01, class_weight="balanced", random_state=seed)
-        clf.fit(codes_train[:, i:i + 1], factors_train[:, k])
-        score[i, k] = np.mean(clf.predict(codes_test[:, i:i + 1]) == factors_test[:, k])
+    score = _sap_accuracies(codes_train, factors_train, codes_test, factors_test, seed)
   top_two = -np.sort(-score, axis=0)[:2]
   return float(np.mean(top_two[0] - top_two[1])), {"score_matrix": score}
+
+
+def _sap_correlations(codes_train, factors_train, codes_test, factors_test) -> np.ndarray:
+  """SAP's ``(d, K)`` matrix for continuous factors: squared correlations (training points)."""
+  codes_train = _checks.check_codes(codes_train, "codes_train", min_dims=2)
+  factors_train = _checks.check_codes(factors_train, "factors_train")
+  _checks.check_same_length(codes_train, factors_train, "codes_train", "factors_train")
+  codes_test = _checks.check_codes(codes_test, "codes_test", min_dims=2)
+  factors_test = _checks.check_codes(factors_test, "factors_test")
+  _checks.check_same_length(codes_test, factors_test, "codes_test", "factors_test")
+  _checks.check_same_width(codes_train, codes_test, "codes_train", "codes_test")
+  _checks.check_same_width(factors_train, factors_test, "factors_train", "factors_test")
+  n = codes_train.shape[0]
+  c = codes_train - codes_train.mean(axis=0)
+  y = factors_train - factors_train.mean(axis=0)
+  var_y = np.sum(y * y, axis=0) / (n - 1)
+  if np.any(var_y == 0):
+    k = int(np.argmax(var_y == 0))
+    raise ValueError(f"factors_train[:, {k}] is constant, so its correlation is undefined.")
+  var_c = np.sum(c * c, axis=0) / (n - 1)
+  cov = c.T @ y / (n - 1)
+  safe_var_c = np.where(var_c > 1e-12, var_c, 1.0)
+  return np.where(var_c[:, None] > 1e-12,
+                  np.square(cov) / (safe_var_c[:, None] * var_y[None, :]), 0.0)
+
+
+def _sap_accuracies(codes_train, factors_train, codes_test, factors_test,
+                    seed: int) -> np.ndarray:
+  """SAP's ``(d, K)`` matrix for discrete factors: test accuracy of a linear SVM per code."""
+  codes_train, factors_train, codes_test, factors_test = _checks.check_train_test(
+      codes_train, factors_train, codes_test, factors_test, min_dims=2)
+  d, num_factors = codes_train.shape[1], factors_train.shape[1]
+  for k in range(num_factors):
+    _checks.check_classes(factors_train[:, k], f"factors_train[:, {k}]")
+  score = np.zeros((d, num_factors))
+  for i in range(d):
+    for k in range(num_factors):
+      clf = svm.LinearSVC(C=0.01, class_weight="balanced", random_state=seed)
+      clf.fit(codes_train[:, i:i + 1], factors_train[:, k])
+      score[i, k] = np.mean(clf.predict(codes_test[:, i:i + 1]) == factors_test[:, k])
+  return score
 
 
 def _macro_one_vs_rest_auc(labels: np.ndarray, proba: np.ndarray, classes: np.ndarray,
@@ -244,6 +283,11 @@ def explicitness(codes_train, factors_train, codes_test, factors_test) -> dict[s
   evaluation sample are left out of its average (dlib's label binariser then
   misaligns columns); current scikit-learn's default logistic regression is
   multinomial (lbfgs), where dlib-era scikit-learn fitted one-vs-rest.
+
+  >>> import numpy as np
+  >>> factors = np.array([(a, b) for a in range(4) for b in range(4)])
+  >>> explicitness(factors.astype(float), factors, factors.astype(float), factors)
+  {'explicitness_score_train': 1.0, 'explicitness_score_test': 1.0}
   """
   codes_train, factors_train, codes_test, factors_test = _checks.check_train_test(
       codes_train, factors_train, codes_test, factors_test)

@@ -30,6 +30,7 @@ from vaejax.evaluation.disentanglement import (
     udr_ranking,
     unsupervised,
 )
+from vaejax.utils.checks import check_int
 
 RepresentationFn = Callable[[np.ndarray], Any]
 Seed = int | np.random.Generator
@@ -63,7 +64,7 @@ class FactorGridGroundTruth:
   """
 
   def __init__(self, factor_sizes: Sequence[int], factor_names: Sequence[str] | None = None):
-    self.factor_sizes = tuple(_checks.check_int(s, "factor size", 1) for s in factor_sizes)
+    self.factor_sizes = tuple(check_int(s, "factor size", minimum=1) for s in factor_sizes)
     if not self.factor_sizes:
       raise ValueError("factor_sizes must name at least one factor.")
     if factor_names is None:
@@ -121,7 +122,7 @@ def represent(representation_fn: RepresentationFn, observations,
   The last chunk is padded by repeating its final observation (outputs for the
   padding are dropped), so a jit-compiled function sees a single input shape.
   """
-  chunk_size = _checks.check_int(chunk_size, "chunk_size", 1)
+  chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
   observations = np.asarray(observations)
   n = observations.shape[0]
   if n == 0:
@@ -144,7 +145,7 @@ def sample_codes_and_factors(ground_truth: GroundTruth, representation_fn: Repre
                              num: int, rng: np.random.Generator,
                              chunk_size: int = DEFAULT_CHUNK_SIZE):
   """Draws ``num`` points; returns their codes ``(num, d)`` and factors ``(num, K)``."""
-  num = _checks.check_int(num, "num", 1)
+  num = check_int(num, "num", minimum=1)
   codes, factors = [], []
   for start in range(0, num, chunk_size):
     m = min(chunk_size, num - start)
@@ -219,9 +220,9 @@ def compute_beta_vae(ground_truth: GroundTruth, representation_fn: Representatio
   defaults). See :func:`beta_vae_sample` and :func:`~fixed_factor.beta_vae_score`.
   """
   rng = _rng(seed)
-  batch_size = _checks.check_int(batch_size, "batch_size", 1)
-  num_train = _checks.check_int(num_train, "num_train", 2)
-  num_eval = _checks.check_int(num_eval, "num_eval", 1)
+  batch_size = check_int(batch_size, "batch_size", minimum=1)
+  num_train = check_int(num_train, "num_train", minimum=2)
+  num_eval = check_int(num_eval, "num_eval", minimum=1)
   x_train, y_train = beta_vae_sample(ground_truth, representation_fn, num_train, batch_size, rng,
                                      chunk_size)
   x_eval, y_eval = beta_vae_sample(ground_truth, representation_fn, num_eval, batch_size, rng,
@@ -248,10 +249,10 @@ def compute_factor_vae(ground_truth: GroundTruth, representation_fn: Representat
     unpruned dimensions; dlib reports the code width here by mistake).
   """
   rng = _rng(seed)
-  batch_size = _checks.check_int(batch_size, "batch_size", 2)
-  num_train = _checks.check_int(num_train, "num_train", 1)
-  num_eval = _checks.check_int(num_eval, "num_eval", 1)
-  num_variance_estimate = _checks.check_int(num_variance_estimate, "num_variance_estimate", 2)
+  batch_size = check_int(batch_size, "batch_size", minimum=2)
+  num_train = check_int(num_train, "num_train", minimum=1)
+  num_eval = check_int(num_eval, "num_eval", minimum=1)
+  num_variance_estimate = check_int(num_variance_estimate, "num_variance_estimate", minimum=2)
   codes, _ = sample_codes_and_factors(ground_truth, representation_fn, num_variance_estimate, rng,
                                       chunk_size)
   codes = _checks.check_codes(codes, "representation codes")
@@ -382,8 +383,8 @@ def udr_sample(ground_truth: GroundTruth, posterior_fns: PosteriorFn | Sequence[
     codes ``(M, num_points, d)`` (the means) and KL per latent ``(M, d)``:
     ``mean_x 1/2 (mu^2 + exp(log_var) - log_var - 1)``.
   """
-  num_points = _checks.check_int(num_points, "num_points", 2)
-  chunk_size = _checks.check_int(chunk_size, "chunk_size", 1)
+  num_points = check_int(num_points, "num_points", minimum=2)
+  chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
   _, observations = ground_truth.sample(num_points, rng)
   observations = np.asarray(observations)
   fns = [posterior_fns] if callable(posterior_fns) else list(posterior_fns)

@@ -107,6 +107,12 @@ def relative_strength(similarity) -> float:
   R's entries are <= 1 (correlations); 1 iff every row and column holds one
   entry of 1 (a signed permutation). An empty matrix (no active latents on one
   side) scores 0.
+
+  >>> import numpy as np
+  >>> relative_strength(np.eye(3))  # a permutation: every latent matched once
+  1.0
+  >>> relative_strength(np.full((2, 2), 0.5))
+  0.25
   """
   r = np.asarray(similarity, dtype=np.float64)
   if r.ndim != 2:
@@ -178,6 +184,16 @@ def udr(codes_per_model, kl_per_model, groups: Sequence[Any] | None = None,
     ``similarity`` (M, M, d, d) the matrices ``R`` on all latents (0 in the
     rows and columns of inactive latents; NaN where the pair is not scored);
     ``active`` (M, d) bool.
+
+  >>> import numpy as np
+  >>> codes = np.random.default_rng(0).standard_normal((200, 3))
+  >>> other = codes[:, [2, 0, 1]] * np.array([1.0, -2.0, 0.5])  # the same latents, permuted
+  >>> result = udr([codes, other], np.ones((2, 3)))  # Lasso(α = 0.1): each weight 1 → 0.9
+  >>> result["model_scores"].round(3).tolist(), result["active"].sum(axis=1).tolist()
+  ([0.9, 0.9], [3, 3])
+  >>> mixed = codes @ np.random.default_rng(1).standard_normal((3, 3))  # latents mixed
+  >>> bool((udr([codes, mixed], np.ones((2, 3)))["model_scores"] < 0.6).all())
+  True
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
@@ -187,7 +203,7 @@ def udr(codes_per_model, kl_per_model, groups: Sequence[Any] | None = None,
   num_models, _, d = codes.shape
   labels = _check_groups(groups, num_models)
   active = kl > kl_threshold
-  standard = [standardize(c)[:, a] for c, a in zip(codes, active)]
+  standard = [standardize(c)[:, a] for c, a in zip(codes, active)]  # active latents only
 
   pair_scores = np.full((num_models, num_models), np.nan)
   similarity = np.full((num_models, num_models, d, d), np.nan)
@@ -195,12 +211,7 @@ def udr(codes_per_model, kl_per_model, groups: Sequence[Any] | None = None,
     for j in range(num_models):
       if i == j or labels[i] != labels[j]:
         continue
-      if standard[i].shape[1] == 0 or standard[j].shape[1] == 0:
-        r = np.zeros((standard[i].shape[1], standard[j].shape[1]))
-      elif method == "lasso":
-        r = lasso_similarity(standard[i], standard[j], alpha)
-      else:
-        r = spearman_similarity(standard[i], standard[j])
+      r = _similarity(standard[i], standard[j], method, alpha)
       full = np.zeros((d, d))
       full[np.ix_(active[i], active[j])] = r
       similarity[i, j] = full
@@ -213,3 +224,13 @@ def udr(codes_per_model, kl_per_model, groups: Sequence[Any] | None = None,
       model_scores[i] = np.median(pair_scores[peers, i])
   return {"model_scores": model_scores, "pair_scores": pair_scores, "similarity": similarity,
           "active": active}
+
+
+def _similarity(codes_from: np.ndarray, codes_to: np.ndarray, method: str,
+                alpha: float) -> np.ndarray:
+  """The similarity matrix of one ordered pair of models' standardised active codes."""
+  if codes_from.shape[1] == 0 or codes_to.shape[1] == 0:
+    return np.zeros((codes_from.shape[1], codes_to.shape[1]))
+  if method == "lasso":
+    return lasso_similarity(codes_from, codes_to, alpha)
+  return spearman_similarity(codes_from, codes_to)
