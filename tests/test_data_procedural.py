@@ -67,7 +67,7 @@ def test_batch_key_is_documented_fold_in(ds):
 def test_bad_split_and_step(ds):
   with pytest.raises(ValueError, match="no split 'test'"):
     ds.jax_sampler("test")
-  with pytest.raises(ValueError, match="step=4294967296 must be an integer >= 0 and <= 4294967295"):
+  with pytest.raises(ValueError, match="step=4294967296 must be an int >= 0 and <= 4294967295"):
     ds.get_batch("train", 2**32, 4, 0)
 
 

@@ -51,11 +51,11 @@ def test_unknown_name_lists_the_known_ones():
     ({"name": "mnist", "test_fraction": 0.1}, "'test_fraction' does not apply"),
     ({"name": "dsprites_procedural", "binarize": "sometimes"}, "binarize must be one of"),
     ({"name": "dsprites_procedural", "split": "test"}, "no split 'test'.*\\['train'\\]"),
-    ({"name": "dsprites_procedural", "seed": -1}, "seed=-1 must be an integer >= 0"),
+    ({"name": "dsprites_procedural", "seed": -1}, "seed=-1 must be an int >= 0"),
     ({"name": "dsprites_procedural", "seed": 2**32},
-     "seed=4294967296 must be an integer >= 0 and <= 4294967295"),
-    ({"name": "dsprites_procedural", "batch_size": 0}, "batch_size=0 must be an integer >= 1"),
-    ({"name": "dsprites_procedural", "batch_size": 2.0}, "batch_size=2.0 must be an integer"),
+     "seed=4294967296 must be an int >= 0 and <= 4294967295"),
+    ({"name": "dsprites_procedural", "batch_size": 0}, "batch_size=0 must be an int >= 1"),
+    ({"name": "dsprites_procedural", "batch_size": 2.0}, "batch_size=2.0 must be an int"),
 ])
 def test_bad_configs(config, match):
   with pytest.raises(ValueError, match=match):
@@ -152,8 +152,8 @@ def test_iterator_resumes_exactly():
 @pytest.mark.parametrize("kwargs, match", [
     ({"split": "val"}, "no split 'val'"),
     ({"batch_size": N + 1}, "exceeds the 50 examples"),
-    ({"start_step": -1}, "start_step=-1 must be an integer >= 0"),
-    ({"seed": 1.5}, "seed=1.5 must be an integer"),
+    ({"start_step": -1}, "start_step=-1 must be an int >= 0"),
+    ({"seed": 1.5}, "seed=1.5 must be an int"),
 ])
 def test_iterator_bad_arguments(kwargs, match):
   args = {"split": "train", "batch_size": 8, "seed": 0, **kwargs}
@@ -163,7 +163,7 @@ def test_iterator_bad_arguments(kwargs, match):
 
 def test_get_batch_bad_arguments():
   ds = _indexed_dataset()
-  with pytest.raises(ValueError, match="step=-1 must be an integer >= 0"):
+  with pytest.raises(ValueError, match="step=-1 must be an int >= 0"):
     ds.get_batch("train", -1, 4, 0)
   with pytest.raises(ValueError, match="no split"):
     ds.get_batch("valid", 0, 4, 0)
