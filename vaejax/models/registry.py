@@ -127,7 +127,7 @@ def create_model(
 
   >>> import jax
   >>> model = create_model({"name": "mlp_vae", "latent_dim": 2, "hidden_sizes": (8,)},
-  ...                      image_shape=(4, 4, 1))
+  ...                      (4, 4, 1))  # 4×4 one-channel images
   >>> x = jnp.zeros((3, 4, 4, 1))
   >>> keys = {"params": jax.random.key(0), "sample": jax.random.key(1)}
   >>> # model.init / model.apply give the values; jax.eval_shape the same shapes, at once.
