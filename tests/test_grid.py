@@ -21,7 +21,7 @@ from vaejax.training import loop
 STACKABLE_KEYS = ("seed", "learning_rate", "optimizer.warmup_steps", "loss.beta",
                   "loss.free_bits", "loss.warmup_steps", "loss.cycle_steps",
                   "loss.capacity_gamma", "loss.capacity_max", "loss.capacity_steps",
-                  "loss.tc_beta", "loss.dataset_size")
+                  "loss.tc_beta", "loss.dataset_size", "loss.warmup_start")
 
 
 def base():

@@ -23,8 +23,8 @@ override values, and :func:`validate` derives the allowed keys from it. Every co
 * ``execution``: how a stack of models runs (``strategy``, ``chunk_size``,
   ``model_devices``, ``data_devices``, ``memory_budget_gb``).
 
-This module imports only ml_collections and the standard library, so config files can
-import it as they import each other.
+This module imports only ml_collections, the standard library and :mod:`vaejax.utils`, so
+config files can import it as they import each other.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
+
+from vaejax.utils.checks import check_number
 
 STRATEGIES = ("auto", "vmap", "sequential", "chunked")
 
@@ -101,6 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
       "capacity_steps": 0,
       "tc_beta": 1.0,
       "dataset_size": 0,
+      "warmup_start": 0.0,  # KL weight at the start of the warm-up, in [0, 1] (Texar: 0.1)
       # Free-bits group id per latent dimension (e.g. per stochastic layer); None = the
       # model's own groups (hierarchical: its levels), else one group per dimension.
       "free_bits_groups": ml_collections.FieldReference(None, field_type=tuple),
@@ -368,6 +371,8 @@ def validate(
   _number(opt, "max_consecutive_skips", minimum=0, integer=True, strict=False,
           prefix="optimizer.")
 
+  check_number(config.loss.warmup_start, "Config loss.warmup_start", minimum=0, maximum=1,
+               error=ConfigError)
   _number(config.monitor, "collapse_kl", minimum=0, integer=False, strict=False,
           prefix="monitor.")
   _number(config.monitor, "collapse_patience", minimum=0, integer=True, strict=False,

@@ -81,7 +81,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaejax.models import fast_conv, hierarchical, networks, registry, vae
+from vaejax.models import fast_conv, hierarchical, latent_levels, networks, registry, vae
 from vaejax.types import VAEOutput
 
 Array = jax.Array
@@ -235,12 +235,12 @@ class DeepHierarchicalVAE(nn.Module):
   @property
   def latent_dim(self) -> int:
     """Total dimension of z, all levels flattened and concatenated."""
-    return sum(self.level_sizes)
+    return latent_levels.total_latent_dim(self.level_sizes)
 
   @property
   def latent_groups(self) -> tuple[int, ...]:
     """The level (0-based, 0 = next to the data) of every latent dimension."""
-    return tuple(level for level, size in enumerate(self.level_sizes) for _ in range(size))
+    return latent_levels.latent_groups(self.level_sizes)
 
   def setup(self):
     dtype, impl, width = self.dtype, self.conv_impl, self.state_channels

@@ -54,11 +54,11 @@ of two orders: *gather* (im2col: concatenate the D² shifted inputs, one matmul 
 (D²·C_in, C_out) kernel) or *scatter* (one matmul with the (C_in, D²·C_out) kernel, then
 add the D² shifted output slices). Gather materialises D²·C_in numbers per position,
 scatter D²·C_out, so the smaller one is used. On this project's 2-core CPU the chosen
-order beat XLA's stride-1 convolution on all 8 dSprites layers (forward + backward), and the whole "fast" train
-step ran about 4× as fast as "textbook" and 1.7× as fast as "fast_lax" (measured with
-``experiments/benchmarks/conv_impls.py``; re-measure on other hardware). The gather
-windows are stacked on an axis *before* the channels, so that XLA:CPU fuses them into
-one pass (it declines to fuse a concatenation along the minor axis).
+order beat XLA's stride-1 convolution on all 8 dSprites layers (forward + backward), and
+the whole "fast" train step ran about 4× as fast as "textbook" and 1.7× as fast as
+"fast_lax" (measured with ``experiments/benchmarks/conv_impls.py``; re-measure on other
+hardware). The gather windows are stacked on an axis *before* the channels, so that
+XLA:CPU fuses them into one pass (it declines to fuse a concatenation along the minor axis).
 
 **Boundary blocks.** Both rearrangements run a stride-1 conv over a grid of *blocks* (s
 input positions of the conv, s output positions of the transposed conv), and the first
@@ -143,7 +143,10 @@ def depth_to_space(x: Array, block: tuple[int, int]) -> Array:
 
 
 def conv2d_valid_lax(x: Array, kernel: Array) -> Array:
-  """Stride-1 VALID convolution by XLA: (B, H, W, Cin) * (D, E, Cin, Cout) → (B, H−D+1, W−E+1, Cout)."""
+  """Stride-1 VALID convolution by XLA.
+
+  Shapes: (B, H, W, Cin) * (D, E, Cin, Cout) → (B, H−D+1, W−E+1, Cout).
+  """
   return lax.conv_general_dilated(
       x, kernel, window_strides=(1, 1), padding="VALID", dimension_numbers=_DIMENSION_NUMBERS
   )
@@ -274,9 +277,11 @@ def _conv2d_scatter(x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
   lo_w, out_w, taps_w, blocks_w, segments_w = _conv_axis_plan(w, kw, sw)
   x = jnp.pad(x, ((0, 0), (lo_h, blocks_h * sh - h - lo_h), (lo_w, blocks_w * sw - w - lo_w),
                   (0, 0)))
-  x = x.reshape(b, blocks_h, sh, blocks_w, sw, cin)  # [b, m, r, n, u, c] = x_pad[m·sh + r, n·sw + u]
+  # [b, m, r, n, u, c] = x_pad[m·sh + r, n·sw + u]
+  x = x.reshape(b, blocks_h, sh, blocks_w, sw, cin)
   kernel = jnp.pad(kernel, ((0, taps_h * sh - kh), (0, taps_w * sw - kw), (0, 0), (0, 0)))
-  kernel = kernel.reshape(taps_h, sh, taps_w, sw, cin, cout)  # [q, r, t, u] = tap (q·sh + r, t·sw + u)
+  # [q, r, t, u] = tap (q·sh + r, t·sw + u)
+  kernel = kernel.reshape(taps_h, sh, taps_w, sw, cin, cout)
 
   products = {}
   for m0, m1, key_h in segments_h:

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaejax import distributions
-from vaejax.models import networks, registry, vae
+from vaejax.models import latent_levels, networks, registry, vae
 from vaejax.types import VAEOutput
 
 Array = jax.Array
@@ -121,12 +121,12 @@ class HierarchicalVAE(nn.Module):
   @property
   def latent_dim(self) -> int:
     """Total dimension of z, all levels concatenated."""
-    return sum(self.latent_sizes)
+    return latent_levels.total_latent_dim(self.latent_sizes)
 
   @property
   def latent_groups(self) -> tuple[int, ...]:
     """The level (0-based, 0 = next to the data) of every latent dimension."""
-    return tuple(level for level, size in enumerate(self.latent_sizes) for _ in range(size))
+    return latent_levels.latent_groups(self.latent_sizes)
 
   def setup(self):
     levels = range(self.num_levels)

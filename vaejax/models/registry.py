@@ -124,6 +124,24 @@ def create_model(
 
   Raises:
     ValueError: unknown name or key, or a bad value, naming it and what is allowed.
+
+  >>> import jax
+  >>> model = create_model({"name": "mlp_vae", "latent_dim": 2, "hidden_sizes": (8,)},
+  ...                      (4, 4, 1))  # 4×4 one-channel images
+  >>> x = jnp.zeros((3, 4, 4, 1))
+  >>> keys = {"params": jax.random.key(0), "sample": jax.random.key(1)}
+  >>> # model.init / model.apply give the values; jax.eval_shape the same shapes, at once.
+  >>> variables = jax.eval_shape(model.init, keys, x)
+  >>> sum(p.size for p in jax.tree.leaves(variables["params"]))
+  340
+  >>> outputs = jax.eval_shape(
+  ...     lambda v: model.apply(v, x, rngs={"sample": jax.random.key(2)}), variables)
+  >>> outputs.mean.shape, outputs.z.shape, outputs.likelihood["logits"].shape
+  ((3, 2), (3, 2), (3, 4, 4, 1))
+  >>> create_model({"name": "mlp_vea"}, (4, 4, 1))
+  Traceback (most recent call last):
+  ...
+  ValueError: Unknown model name 'mlp_vea'; registered models: [...].
   """
   config = _as_dict(model_config)
   name = config.pop("name", None)
