@@ -83,7 +83,7 @@ def load(config: Any) -> base.Dataset:
   >>> data.load({"name": "dsprites_procedural", "batch_size": 0})
   Traceback (most recent call last):
   ...
-  ValueError: batch_size=0 must be an integer >= 1.
+  ValueError: batch_size=0 must be an int >= 1.
   """
   cfg = _as_dict(config)
   name = cfg.get("name")
