@@ -92,7 +92,7 @@ def test_data_without_factors_cannot_be_scored_without_labels(tmp_path):
 
 
 def _kl_rows(workdir):
-  return [r for r in writers.read_jsonl(workdir / writers.METRICS_FILE)]
+  return list(writers.read_jsonl(workdir / writers.METRICS_FILE))
 
 
 def test_rows_carry_the_per_example_kl_quantiles(tmp_path):

@@ -23,9 +23,13 @@ from vaejax.training.step import hyperparams_from_config, loss_settings_from_con
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for experiments.configs
-from experiments import configs as configs_pkg
-from experiments.configs import annealedvae_dsprites, betatcvae_dsprites, betavae_dsprites
-from experiments.configs import vae_mnist
+from experiments import configs as configs_pkg  # noqa: E402  (after the path insert)
+from experiments.configs import (  # noqa: E402
+    annealedvae_dsprites,
+    betatcvae_dsprites,
+    betavae_dsprites,
+    vae_mnist,
+)
 
 # Every config file of experiments/configs/ (common.py holds helpers, not a config).
 CONFIGS = {name: importlib.import_module(f"experiments.configs.{name}")
@@ -370,7 +374,8 @@ SWEEP_ERRORS = [
 def test_cli_bad_preset_is_one_line(tmp_path):
   line = _one_error_line(_cli("sweep", "--config=experiments/configs/betavae_dsprites.py:nope",
                               f"--workdir={tmp_path}/w"))
-  assert "Unknown config preset 'nope'; known presets: '', 'cpu', 'cpu_smoke', 'cpu_mid', 'test'" in line
+  assert ("Unknown config preset 'nope'; known presets: '', 'cpu', 'cpu_smoke', 'cpu_mid', "
+          "'test'") in line
   assert not (tmp_path / "w").exists()
 
 

@@ -121,7 +121,8 @@ def test_npz_and_hdf5_give_identical_batches(files):
   a = data.load({"name": "dsprites", "path": files["npz"]})
   b = data.load({"name": "dsprites", "path": files["hdf5"]})
   for step in (0, 7):
-    chex.assert_trees_all_equal(a.get_batch("train", step, 16, 3), b.get_batch("train", step, 16, 3))
+    chex.assert_trees_all_equal(a.get_batch("train", step, 16, 3),
+                                b.get_batch("train", step, 16, 3))
 
 
 def test_ground_truth_lookup(files, rows):

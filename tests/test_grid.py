@@ -138,7 +138,7 @@ def test_values_that_do_not_parse_for_their_type_fail_like_the_flag(key, text, m
   with pytest.raises(config_lib.ConfigError, match=match) as info:
     grid.parse_value(base(), key, text)
   assert "\n" not in str(info.value)
-  with pytest.raises(Exception):  # the command line refuses the same text
+  with pytest.raises(flags.Error):  # the command line refuses the same text
     parsed_by_config_flags(key, text)
 
 

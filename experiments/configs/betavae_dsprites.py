@@ -1,4 +1,5 @@
-r"""β-VAE on dSprites in the disentanglement_lib setting (Higgins et al. 2017; Locatello et al. 2019).
+r"""β-VAE on dSprites in the disentanglement_lib setting (Higgins et al. 2017; Locatello et al.
+2019).
 
 The dSprites conv encoder/decoder, Bernoulli likelihood, 10 latents, Adam 1e-4
 (β1 0.9, β2 0.999, ε 1e-8), batch 64, 300k steps, factors sampled uniformly with

@@ -1,4 +1,5 @@
-r"""β sweep of the conv β-VAE on procedural dSprites (no disentanglement metrics): rate vs distortion.
+r"""β sweep of the conv β-VAE on procedural dSprites (no disentanglement metrics): rate vs
+distortion.
 
 β ∈ {1, 2, 4, 6, 8, 16} × 3 seeds with the conv VAE of ``betavae_dsprites.py``; batches
 are rendered inside the compiled step, keyed by (seed, step). For the study with the

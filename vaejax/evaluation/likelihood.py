@@ -100,7 +100,8 @@ def iwae_log_likelihood(
     num_samples: int,
     chunk_size: int = 128,
 ) -> Array:
-  r"""IWAE estimate :math:`\log \hat p_K(x) = \operatorname{logsumexp}_k \log w_k - \log K` per example.
+  r"""IWAE estimate per example:
+  :math:`\log \hat p_K(x) = \operatorname{logsumexp}_k \log w_k - \log K`.
 
   A lower bound on log p(x) that tightens as K grows (Burda et al. 2015); K = 1 is an
   unbiased estimate of the ELBO. The K samples are drawn in chunks of ``chunk_size``

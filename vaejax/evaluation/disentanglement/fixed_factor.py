@@ -98,7 +98,8 @@ def beta_vae_score(features_train, labels_train, features_eval, labels_eval, *,
 
 def factor_vae_active_dims(global_variances,
                            threshold: float = DEFAULT_PRUNE_THRESHOLD) -> np.ndarray:
-  """Mask of code dimensions kept by FactorVAE's pruning: ``sqrt(Var) >= threshold`` and ``Var > 0``.
+  """Mask of code dimensions kept by FactorVAE's pruning: ``sqrt(Var) >= threshold`` and
+  ``Var > 0``.
 
   dlib's study configuration uses ``threshold = 0.05`` (its code default is 0);
   dimensions with zero variance are always pruned here, since the score divides

@@ -70,7 +70,8 @@ class FactorGridGroundTruth:
     if factor_names is None:
       factor_names = tuple(f"factor_{k}" for k in range(len(self.factor_sizes)))
     if len(factor_names) != len(self.factor_sizes):
-      raise ValueError(f"got {len(factor_names)} factor_names for {len(self.factor_sizes)} factors.")
+      raise ValueError(
+          f"got {len(factor_names)} factor_names for {len(self.factor_sizes)} factors.")
     self.factor_names = tuple(factor_names)
     self.observation_shape = (len(self.factor_sizes),)
 
@@ -271,7 +272,8 @@ def compute_factor_vae(ground_truth: GroundTruth, representation_fn: Representat
 def compute_mig(ground_truth: GroundTruth, representation_fn: RepresentationFn, seed: Seed = 0,
                 num_train: int = 10000, num_bins: int = information.DEFAULT_NUM_BINS,
                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, float]:
-  """MIG on ``num_train`` (10000) points with ``num_bins`` (20) histogram bins; key ``discrete_mig``."""
+  """MIG on ``num_train`` (10000) points with ``num_bins`` (20) histogram bins; key
+  ``discrete_mig``."""
   rng = _rng(seed)
   codes, factors = sample_codes_and_factors(ground_truth, representation_fn, num_train, rng,
                                             chunk_size)
@@ -299,7 +301,8 @@ def compute_dci(ground_truth: GroundTruth, representation_fn: RepresentationFn, 
 def compute_sap(ground_truth: GroundTruth, representation_fn: RepresentationFn, seed: Seed = 0,
                 num_train: int = 10000, num_test: int = 5000, continuous_factors: bool = False,
                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict[str, float]:
-  """SAP on ``num_train`` (10000) / ``num_test`` (5000) points, discrete factors; key ``sap_score``."""
+  """SAP on ``num_train`` (10000) / ``num_test`` (5000) points, discrete factors; key
+  ``sap_score``."""
   rng = _rng(seed)
   train = sample_codes_and_factors(ground_truth, representation_fn, num_train, rng, chunk_size)
   test = sample_codes_and_factors(ground_truth, representation_fn, num_test, rng, chunk_size)
