@@ -94,7 +94,7 @@ def train(
   ``results.jsonl`` and ``report/``. Re-running the same command resumes exactly from
   the newest checkpoint.
 
-  Two tiny MLP VAEs (β = 1 and 4) on 32 random binary 6×6 images, 4 steps:
+  Two tiny MLP VAEs (β = 1 and 4) in one vmapped program, 4 steps on random 6×6 images:
 
   >>> import tempfile
   >>> import numpy as np
@@ -107,14 +107,11 @@ def train(
   >>> config.data.name = "mnist_npz"  # nominal: the dataset is passed in
   >>> config.num_steps, config.batch_size, config.log_every = 4, 8, 2
   >>> config.eval.num_batches, config.eval.batch_size = 1, 8
-  >>> config.evals.figures.at_end = False
-  >>> config.execution.strategy = "vmap"  # both models in one program
+  >>> config.evals.figures.at_end, config.execution.strategy = False, "vmap"
   >>> result = train(config, tempfile.mkdtemp(), grid=["loss.beta=1,4"], dataset=tiny,
   ...                progress=False, write_report=False)
-  >>> result.points
-  [{'loss.beta': 1.0}, {'loss.beta': 4.0}]
-  >>> [(row["model"], row["step"], "eval/elbo" in row) for row in result.rows]
-  [(0, 4, True), (1, 4, True)]
+  >>> [(row["point"], row["step"], "eval/elbo" in row) for row in result.rows]
+  [({'loss.beta': 1.0}, 4, True), ({'loss.beta': 4.0}, 4, True)]
 
   Args:
     config: a training config (see ``experiments/configs/``).
