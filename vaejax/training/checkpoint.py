@@ -7,13 +7,15 @@ produced the run. Orbax writes each step to a temporary directory and renames it
 complete, so a process killed mid-write leaves the previous checkpoints readable; old
 checkpoints are deleted only after a newer one is finalized, and at least two are kept.
 
-Training resumes through :func:`latest_resumable_step` (the newest checkpoint whose
-metadata reads, checked against the config before anything compiles) and
-:func:`restore_latest` (the newest that restores cleanly); evaluation of a finished run
-reads the newest through :func:`restore_state`. A checkpoint that fails to read (a
-truncated array file, garbage metadata, a missing item) is moved to
-``checkpoints/corrupt-STEP/`` (never deleted, never in the way of a later save) with one
-warning naming it and why, and the next older one is used.
+Runs resume through :func:`latest_resumable_step` (the newest checkpoint whose metadata
+reads, checked against the config before anything compiles; the plan calls it once per
+checkpoint directory, :func:`vaejax.training.plan.with_resume_steps`) and
+:func:`restore_latest` (the newest that restores cleanly), both driven by
+:func:`vaejax.training.resume.restore_or_init` for training and evaluation alike;
+:func:`restore_state` reads a checkpoint without a target (for inspecting a finished run).
+A checkpoint that fails to read (a truncated array file, garbage metadata, a missing item)
+is moved to ``checkpoints/corrupt-STEP/`` (never deleted, never in the way of a later
+save) with one warning naming it and why, and the next older one is used.
 
 A checkpoint that reads but holds a different train-state *layout* (written by another
 version of vaejax) is not corrupt and is never moved: if the only difference is fields

@@ -41,6 +41,7 @@ from vaejax.training import mesh as mesh_lib
 from vaejax.config import STRATEGIES
 from vaejax.training.state import StackState
 from vaejax.training.step import Hyperparams, StepFn, make_masked_step
+from vaejax.utils.checks import check_int
 
 Array = jax.Array
 Batch = dict[str, Any]
@@ -65,12 +66,12 @@ def resolve_chunk_size(strategy: str, num_models: int, *, chunk_size: int = 0,
   if strategy == "vmap":
     return num_models
   if strategy == "chunked":
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not (
-        1 <= chunk_size <= num_models):
+    try:
+      return check_int(chunk_size, "execution.chunk_size", minimum=1, maximum=num_models)
+    except ValueError:
       raise ValueError(
           f"Strategy 'chunked' needs execution.chunk_size in [1, {num_models}] (the number "
-          f"of models); got {chunk_size!r}.")
-    return chunk_size
+          f"of models); got {chunk_size!r}.") from None
   backend = backend or jax.default_backend()
   if model_devices > 1 or backend != "cpu":
     return num_models

@@ -30,6 +30,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vaejax.utils.checks import check_int
+
 MODEL_AXIS = "model"
 DATA_AXIS = "data"
 
@@ -50,8 +52,11 @@ def make_mesh(
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   for name, value in (("model_devices", model_devices), ("data_devices", data_devices)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-      raise ValueError(f"{name} must be an int >= 0 (0 = all remaining devices); got {value!r}.")
+    try:
+      check_int(value, name, minimum=0)
+    except ValueError:
+      raise ValueError(f"{name} must be an int >= 0 (0 = all remaining devices); got "
+                       f"{value!r}.") from None
   if model_devices == 0 and data_devices == 0:
     raise ValueError("model_devices and data_devices cannot both be 0 (all devices).")
   if model_devices == 0:

@@ -48,7 +48,7 @@ def learning_rate_at(step: ArrayLike, learning_rate: ArrayLike,
   Equals ``optax.linear_schedule(0, η, T)(t)`` but takes traced η and T, so it vmaps
   over models.
 
-  >>> round(float(learning_rate_at(5, 1e-3, warmup_steps=10)), 8)  # float32 arithmetic
+  >>> round(float(learning_rate_at(5, 1e-3, warmup_steps=10)), 8)
   0.0005
   """
   step = jnp.asarray(step, jnp.float32)

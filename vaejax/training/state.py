@@ -1,6 +1,7 @@
 """Train states: one model's, and a stack of M models with which of them still train.
 
-Every random stream of a run is ``fold_in(PRNGKey(seed), STREAM)`` (:mod:`vaejax.rng`), so a model's initialisation, sample keys, evaluation keys and figures depend
+Every random stream of a run is ``fold_in(PRNGKey(seed), STREAM)`` (:mod:`vaejax.rng`), so a
+model's initialisation, sample keys, evaluation keys and figures depend
 only on its seed; a stack initialises all its models in one vmapped call that equals
 the single-model :func:`create_train_state` for every seed.
 """
@@ -20,7 +21,6 @@ import optax
 from vaejax import rng
 
 Array = jax.Array
-
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -143,3 +143,15 @@ def abstract_stack(model: flax.linen.Module, optimizer: optax.GradientTransforma
     return StackState(models=models, active=jnp.ones((num_models,), bool),
                       masked_at=jnp.full((num_models,), -1, jnp.int32))
   return jax.eval_shape(build)
+
+
+def restore_target(model: flax.linen.Module, optimizer: optax.GradientTransformation,
+                   num_models: int, image_shape: Sequence[int], *,
+                   conditional: bool = False) -> StackState:
+  """What a checkpoint restores into: :func:`abstract_stack` placed where
+  :func:`init_stack` puts its arrays (the process's default device), so a restore needs no
+  initialisation compiled and gives the arrays a fresh stack would have."""
+  sharding = jax.device_put(np.zeros((), np.int32)).sharding  # the default placement
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                      abstract_stack(model, optimizer, num_models, image_shape,
+                                     conditional=conditional))

@@ -107,24 +107,7 @@ def make_train_step(
     free_bits_groups: Sequence[int] | None = None,
     total_correlation: bool = False,
     conditional: bool = False,
-    importance: Importance = Importance(),
-    skip_threshold: float = 0.0,
-) -> StepFn:
-  """See :func:`_make_train_step`; equal arguments return the same step function (models
-  compare by value), so the programs of a repeated run are compiled once per process."""
-  groups = None if free_bits_groups is None else tuple(int(g) for g in free_bits_groups)
-  return _make_train_step(model, optimizer, groups, bool(total_correlation), bool(conditional),
-                          Importance(*importance), float(skip_threshold))
-
-
-@functools.lru_cache(maxsize=64)
-def _make_train_step(
-    model: flax.linen.Module,
-    optimizer: optax.GradientTransformation,
-    free_bits_groups: tuple[int, ...] | None,
-    total_correlation: bool,
-    conditional: bool,
-    importance: Importance,
+    importance: Importance = Importance(),  # noqa: B008  (an immutable NamedTuple)
     skip_threshold: float = 0.0,
 ) -> StepFn:
   """Builds one model's pure train step ``(state, batch, hyper) -> (state, metrics)``.
@@ -132,7 +115,9 @@ def _make_train_step(
   One step: z ~ q(z|x) with key ``fold_in(state.key, state.step)``, the loss of
   :func:`vaejax.objectives.elbo_loss` at ``state.step``, its gradient, the optimizer's
   direction scaled by ``-learning_rate_at(step, η, warm-up)``, applied only when the
-  loss and every gradient are finite.
+  loss and every gradient are finite. Equal arguments return the same step function
+  (models compare by value), so the programs of a repeated run are compiled once per
+  process.
 
   Args:
     model: a VAE module returning :class:`vaejax.types.VAEOutput`.
@@ -161,6 +146,22 @@ def _make_train_step(
     posterior dimensions at it; for hierarchical models (``model.latent_groups``)
     ``kl_per_level``.
   """
+  groups = None if free_bits_groups is None else tuple(int(g) for g in free_bits_groups)
+  return _make_train_step(model, optimizer, groups, bool(total_correlation), bool(conditional),
+                          Importance(*importance), float(skip_threshold))
+
+
+@functools.lru_cache(maxsize=64)
+def _make_train_step(
+    model: flax.linen.Module,
+    optimizer: optax.GradientTransformation,
+    free_bits_groups: tuple[int, ...] | None,
+    total_correlation: bool,
+    conditional: bool,
+    importance: Importance,
+    skip_threshold: float = 0.0,
+) -> StepFn:
+  """:func:`make_train_step` with hashable arguments (cached)."""
   floor = float(getattr(model, "posterior_min_variance", 0.0) or 0.0)
   levels = getattr(model, "latent_groups", None)
 
@@ -170,56 +171,12 @@ def _make_train_step(
       settings = settings._replace(tc_beta=1.0)  # a Python 1.0 switches β-TC off statically
     x = batch["image"]
     labels = batch["label"] if conditional else None
-    sample_key = jax.random.fold_in(state.key, state.step)
-
-    def loss_fn(params):
-      def sample_outputs(key):
-        return model.apply({"params": params}, x, labels, rngs={"sample": key})
-
-      if importance.num_samples == 1 and importance.num_groups == 1:
-        outputs = sample_outputs(sample_key)
-        loss, terms = objectives.elbo_loss(x, outputs, settings, state.step,
-                                           free_bits_groups=free_bits_groups)
-        return loss, (terms, outputs.log_var)
-      def decode(z):
-        return model.apply({"params": params}, z, labels, method="decode")
-
-      loss, terms = objectives.iwae_loss(
-          x, sample_outputs, sample_key, importance.num_samples,
-          estimator=importance.estimator, num_groups=importance.num_groups,
-          settings=settings, step=state.step,
-          decode=decode if importance.estimator == "dreg" else None,
-          free_bits_groups=free_bits_groups)
-      log_var = None
-      if floor > 0:
-        _, log_var = model.apply({"params": params}, x, labels, method="encode")
-      return loss, (terms, log_var)
-
+    loss_fn = _loss_fn(model, x, labels, settings, state.step,
+                       jax.random.fold_in(state.key, state.step), importance,
+                       free_bits_groups, floor)
     (loss, (terms, log_var)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    rate = learning_rate_at(state.step, hyper.learning_rate, hyper.lr_warmup_steps)
-    updates = jax.tree.map(lambda u: (-rate).astype(u.dtype) * u, direction)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & _all_finite(grads)
-    grad_norm = optax.global_norm(grads)
-    too_large = (finite & (grad_norm > skip_threshold) if skip_threshold > 0
-                 else jnp.zeros((), bool))
-    accept = finite & ~too_large
-
-    def keep(new, old):
-      return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
-
-    skipped = (~accept).astype(jnp.int32)
-    consecutive = (state.consecutive_skips + 1) * skipped
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
-        skips=state.skips + skipped,
-        consecutive_skips=consecutive,
-        longest_skip_streak=jnp.maximum(state.longest_skip_streak, consecutive),
-        grad_norm_skips=state.grad_norm_skips + jnp.asarray(too_large, jnp.int32),
-    )
+    new_state, rate, grad_norm, skipped = _guarded_update(state, grads, loss, hyper, optimizer,
+                                                          skip_threshold)
     metrics = {
         **objectives.summarize(terms),
         "loss": loss,
@@ -242,6 +199,75 @@ def _make_train_step(
     return new_state, metrics
 
   return step_fn
+
+
+def _loss_fn(model: flax.linen.Module, x: Array, labels: Array | None,
+             settings: objectives.LossSettings, step: Array, sample_key: Array,
+             importance: Importance, free_bits_groups: tuple[int, ...] | None,
+             floor: float) -> Callable[[Any], tuple[Array, tuple[dict[str, Array], Any]]]:
+  """``params -> (loss, (terms, log_var))`` of one step: the ELBO of one sample z ~ q(z|x),
+  or the importance-weighted bound of K; ``log_var`` is the posterior's (for the variance
+  floor's monitor; None when not needed)."""
+
+  def loss_fn(params):
+    def sample_outputs(key):
+      return model.apply({"params": params}, x, labels, rngs={"sample": key})
+
+    if importance.num_samples == 1 and importance.num_groups == 1:
+      outputs = sample_outputs(sample_key)
+      loss, terms = objectives.elbo_loss(x, outputs, settings, step,
+                                         free_bits_groups=free_bits_groups)
+      return loss, (terms, outputs.log_var)
+    def decode(z):
+      return model.apply({"params": params}, z, labels, method="decode")
+
+    loss, terms = objectives.iwae_loss(
+        x, sample_outputs, sample_key, importance.num_samples,
+        estimator=importance.estimator, num_groups=importance.num_groups,
+        settings=settings, step=step,
+        decode=decode if importance.estimator == "dreg" else None,
+        free_bits_groups=free_bits_groups)
+    log_var = None
+    if floor > 0:
+      _, log_var = model.apply({"params": params}, x, labels, method="encode")
+    return loss, (terms, log_var)
+
+  return loss_fn
+
+
+def _guarded_update(state: Any, grads: Any, loss: Array, hyper: Hyperparams,
+                    optimizer: optax.GradientTransformation, skip_threshold: float
+                    ) -> tuple[Any, Array, Array, Array]:
+  """The state after one update, applied only where the loss and every gradient are finite
+  (and, with ``skip_threshold`` > 0, the gradient norm at most it); skips are counted.
+
+  Returns ``(new state, learning rate, gradient norm before clipping, skipped)``.
+  """
+  direction, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  rate = learning_rate_at(state.step, hyper.learning_rate, hyper.lr_warmup_steps)
+  updates = jax.tree.map(lambda u: (-rate).astype(u.dtype) * u, direction)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & _all_finite(grads)
+  grad_norm = optax.global_norm(grads)
+  too_large = (finite & (grad_norm > skip_threshold) if skip_threshold > 0
+               else jnp.zeros((), bool))
+  accept = finite & ~too_large
+
+  def keep(new, old):
+    return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
+
+  skipped = (~accept).astype(jnp.int32)
+  consecutive = (state.consecutive_skips + 1) * skipped
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+      skips=state.skips + skipped,
+      consecutive_skips=consecutive,
+      longest_skip_streak=jnp.maximum(state.longest_skip_streak, consecutive),
+      grad_norm_skips=state.grad_norm_skips + jnp.asarray(too_large, jnp.int32),
+  )
+  return new_state, rate, grad_norm, skipped
 
 
 COLLAPSED_KL = 0.01  # nats: an example whose KL is below this carries (almost) no information
