@@ -129,9 +129,9 @@ def test_the_training_schedule_logs_checkpoints_and_evaluates_as_configured(
 
 
 def test_bad_schedules_are_one_clear_error():
-  with pytest.raises(ValueError, match="every=-1 must be an integer >= 0"):
+  with pytest.raises(ValueError, match="every=-1 must be an int >= 0"):
     periodic.Schedule.create(every=-1)
-  with pytest.raises(ValueError, match="at=0 must be an integer >= 1"):
+  with pytest.raises(ValueError, match="at=0 must be an int >= 1"):
     periodic.Schedule.create(at=(0,))
-  with pytest.raises(ValueError, match="num_steps=0 must be an integer >= 1"):
+  with pytest.raises(ValueError, match="num_steps=0 must be an int >= 1"):
     periodic.TrainingSchedule(0, 1, 1)
