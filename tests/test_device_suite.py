@@ -150,6 +150,39 @@ def test_beta_study_rates_skip_intervals_before_a_step(tmp_path):
   assert beta_study_speed._rates(tmp_path, 2) == [4.0, 6.0]
 
 
+def test_beta_study_scores_models_seed_major_until_the_deadline(monkeypatch):
+  """Each model costs 10 s of a fake clock: with 25 s, two are scored (the third would end
+  at 30 s), every β's seed 0 before any seed 1."""
+  import types  # pylint: disable=g-import-not-at-top
+
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from experiments.benchmarks import beta_study_speed  # pylint: disable=g-import-not-at-top
+  clock = FakeClock()
+  monkeypatch.setattr(beta_study_speed.time, "perf_counter", clock)
+  scored = []
+
+  def fake_evaluate(model, params, ground_truth, seed, preset, metrics=()):
+    scored.append(float(params["marker"]))
+    clock.now += 10.0
+    return {"mig/discrete_mig": 0.5, "sap/sap_score": 0.25}
+
+  monkeypatch.setattr(beta_study_speed.representation, "evaluate_disentanglement",
+                      fake_evaluate)
+  points = [{"loss.beta": b, "seed": s} for b in (1.0, 4.0) for s in (0, 1)]  # β-major
+  params = {"marker": np.arange(4.0)}
+  result = types.SimpleNamespace(
+      points=points, states=[types.SimpleNamespace(models=types.SimpleNamespace(params=params))])
+  config = beta_study_speed.study_config(8, 2, {"name": "mlp_vae", "hidden_sizes": (4,)})
+  *models, summary = beta_study_speed.evaluate_within(config, result, "test", ("mig", "sap"),
+                                                      deadline=clock.now + 25.0)
+  assert scored == [0.0, 2.0]  # β=1 seed 0, then β=4 seed 0
+  assert [m["point"] for m in models] == [points[0], points[2]]
+  assert models[0]["scores"] == {"mig": 0.5, "sap": 0.25}
+  assert summary["status"] == "stopped" and summary["models_evaluated"] == 2
+  assert summary["seconds_per_model"] == pytest.approx(10.0)
+
+
 # ----------------------------------------------------------------------------- subprocess
 
 

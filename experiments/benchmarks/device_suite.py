@@ -7,8 +7,9 @@ Runs, in this order, each part with a share of ``--budget_s`` (:data:`SHARES`; t
 part leaves unused goes to the parts after it) and stopped cleanly at its share:
 
 1. ``train_step``: the dSprites conv VAE (disentanglement_lib's net) train step at batch 64
-   and 1024, float32 and bfloat16 (``model.dtype``): images/s of vaejax and of its PyTorch
-   twin on the same device, interleaved in this process (:mod:`.train_step`);
+   and 1024, float32 and bfloat16 (``model.dtype``): images/s of vaejax (its default
+   ``conv_impl`` and ``textbook``) and of its PyTorch twin on the same device, interleaved
+   in this process (:mod:`.train_step`);
 2. ``sweep``: 16 small models (the MLP VAE on 28×28 images; the conv VAE), one vmapped
    program against the same 16 models one after another: images/s of the whole sweep
    (:mod:`.sweep_throughput`; the goal on a GPU is ≥ 8×);
@@ -22,8 +23,8 @@ the Markdown table is rewritten to ``--out`` after every part, so a killed call 
 it measured. Missing packages are named in one line before anything runs; a part that
 cannot run is reported as skipped with the reason; a part that fails is reported as an
 error in one line (its traceback goes to ``<out>.errors.log``) and the suite goes on.
-``--smoke`` runs every part on the CPU at tiny sizes (well under a minute), as
-``tests/test_device_suite.py`` does.
+``--smoke`` runs every part on the CPU at tiny sizes (about a minute of CPU, most of it
+compiling), as ``tests/test_device_suite.py`` does.
 
 **Launch on a lent GPU** (the device tool: no package registry there, so the pieces its
 image lacks, ml_collections and tensorboardX, travel as wheels in the ignored ``.whl/``).
@@ -250,10 +251,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, missing, line, command, stdout, cache_dir) -> int:
   import jax  # pylint: disable=g-import-not-at-top
-  if not jax.config.jax_compilation_cache_dir:
+  if not getattr(jax.config, "jax_compilation_cache_dir", None):
     # The β study resumes its probe run: the same programs load instead of compiling again.
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    try:
+      jax.config.update("jax_compilation_cache_dir", cache_dir)
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    except (AttributeError, ValueError) as error:  # only a speed-up: go on without it
+      print(f"No compilation cache ({error}).", file=sys.stderr)
   torch_device, torch_note = pick_torch_device("torch" not in missing)
   header = {**environment(torch_device, torch_note), "command": command,
             "budget_s": args.budget_s, "requirements": line, "smoke": args.smoke}
