@@ -9,6 +9,8 @@ They skip when torch (the optional ``bench`` extra) is not installed.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import importlib.util
 import io
 import json
@@ -160,6 +162,31 @@ def test_harness_runs_without_ml_collections_and_torch():
                                  "vaejax.training.step"]
 
 
+class _FakeRunner:
+  """A runner whose steps take ``seconds`` each (no computation)."""
+
+  def __init__(self, seconds: float):
+    self.seconds = seconds
+
+  def run(self, steps: int) -> None:
+    __import__("time").sleep(self.seconds * steps)
+
+  def loss(self) -> float:
+    return 1.0
+
+
+def test_measure_reports_the_twin_ratio_and_extra_vaejax_runners():
+  runners = {"jax": _FakeRunner(0.05), "jax_textbook": _FakeRunner(0.1),
+             "torch": _FakeRunner(0.15)}
+  result = harness.measure(runners, batch_size=10, steps=1, repeats=3)
+  # A sleep overshoots by up to ~10 ms on a loaded machine (20 % of 50 ms): 40 % bounds.
+  assert result["images_per_sec"] == pytest.approx(200, rel=0.4)
+  assert result["ratio"] == pytest.approx(3.0, rel=0.4)
+  assert result["jax_textbook_vs_jax"] == pytest.approx(0.5, rel=0.4)
+  assert result["jax_textbook_images_per_sec"] == pytest.approx(100, rel=0.4)
+  assert result["final_loss"] == {"jax": 1.0, "jax_textbook": 1.0, "torch": 1.0}
+
+
 def test_harness_images_are_binary_dsprites_and_mnist():
   images, source = harness.make_images("conv_vae", 5, seed=0)
   chex.assert_shape(images, (5, 64, 64, 1))
@@ -279,6 +306,30 @@ def test_torch_adam_matches_the_vaejax_optimizer():
     t_opt.step()
   np.testing.assert_allclose(tp.detach().numpy(), params, rtol=1e-5, atol=1e-7)
   assert not np.allclose(params, p0)
+
+
+@needs_torch
+def test_torch_twin_bfloat16_step_keeps_float32_weights_and_loss():
+  """``autocast=torch.bfloat16`` (the device suite's bf16 twin): bf16 compute, float32 loss
+  and weights, the float32 step's loss up to bf16 rounding."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  torch_models, model, _, x, twin = _case("conv_vae", (16, 32, 2), batch=4)
+  eps = torch.from_numpy(
+      np.random.default_rng(2).normal(size=(4, model.latent_dim)).astype(np.float32))
+  losses = {}
+  for name, autocast in (("f32", None), ("bf16", torch.bfloat16)):
+    net = copy.deepcopy(twin)
+    net.forward = functools.partial(type(net).forward, net, eps=eps)  # a fixed ε
+    losses[name] = torch_models.make_train_step(net, 1e-4, autocast=autocast)(
+        torch_models.to_nchw(x))
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert not torch.equal(next(net.parameters()), next(twin.parameters()))  # it stepped
+  assert losses["bf16"].dtype == torch.float32
+  # bf16 keeps 8 mantissa bits (relative rounding 2^-9 ≈ 2e-3 per value); the loss sums
+  # 1024 pixels' terms whose errors average out (1.1e-4 measured): 2e-3 is the per-value bound.
+  assert losses["bf16"].item() == pytest.approx(losses["f32"].item(), rel=2e-3)
+  assert losses["bf16"].item() != losses["f32"].item()  # bf16 did run
 
 
 @needs_torch

@@ -22,23 +22,23 @@ from vaejax import data
 from vaejax.data import dsprites
 
 
-def _median_seconds(fn, repeats: int) -> float:
+def _median_seconds(fn, repeats: int, deadline: float | None = None) -> float:
+  """Median seconds of ``repeats`` calls after a warm-up; no call starts after ``deadline``
+  (a ``time.perf_counter()`` value) once one has been timed."""
   jax.block_until_ready(fn())  # warm-up (compilation)
   times = []
   for _ in range(repeats):
+    if times and deadline is not None and time.perf_counter() > deadline:
+      break
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return statistics.median(times)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batch_size", type=int, default=256)
-  parser.add_argument("--repeats", type=int, default=20)
-  args = parser.parse_args()
-  b = args.batch_size
-
+def measure(batch_size: int, repeats: int, deadline: float | None = None) -> dict:
+  """The JSON record of the module docstring's three rates at ``batch_size``."""
+  b = batch_size
   rng = np.random.default_rng(0)
   classes = jax.device_put(
       np.stack([rng.integers(0, s, b) for s in dsprites.GT_FACTOR_SIZES], 1).astype(np.int32))
@@ -49,20 +49,28 @@ def main() -> None:
   step = iter(range(10**9))
 
   seconds = {
-      "render": _median_seconds(lambda: render(classes), args.repeats),
-      "sampler": _median_seconds(lambda: sampler(key, b), args.repeats),
-      "get_batch": _median_seconds(lambda: ds.get_batch("train", next(step), b, 0),
-                                   args.repeats),
+      "render": _median_seconds(lambda: render(classes), repeats, deadline),
+      "sampler": _median_seconds(lambda: sampler(key, b), repeats, deadline),
+      "get_batch": _median_seconds(lambda: ds.get_batch("train", next(step), b, 0), repeats,
+                                   deadline),
   }
-  print(json.dumps({
+  return {
       "benchmark": "dsprites_render_speed",
       "backend": jax.default_backend(),
       "device": str(jax.devices()[0]),
       "batch_size": b,
-      "repeats": args.repeats,
+      "repeats": repeats,
       **{f"{k}_images_per_s": round(b / v) for k, v in seconds.items()},
       **{f"{k}_ms_per_batch": round(1e3 * v, 3) for k, v in seconds.items()},
-  }))
+  }
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch_size", type=int, default=256)
+  parser.add_argument("--repeats", type=int, default=20)
+  args = parser.parse_args()
+  print(json.dumps(measure(args.batch_size, args.repeats)))
 
 
 if __name__ == "__main__":

@@ -107,15 +107,22 @@ def _strategy_name(chunk_size: int, num_models: int) -> str:
   return "sequential" if chunk_size == 1 else "vmap" if chunk_size == num_models else "chunked"
 
 
-def run_config(name: str, num_models: int, strategies: list[str]) -> list[dict]:
+def run_config(name: str, num_models: int, strategies: list[str], *, steps: int = 3,
+               repeats: int = 3, chunk_size: int = 4, max_model_steps: int = 0,
+               with_auto: bool = True, deadline: float | None = None) -> list[dict]:
+  """Times the baseline and ``strategies`` (plus the ``auto`` one if ``with_auto``) for M =
+  ``num_models`` models ``name``; prints and returns one row per variant.
+
+  ``deadline`` (a ``time.perf_counter()`` value): no repeat starts after it (the first
+  always runs); the rows say how many ran and whether the deadline cut them short.
+  """
   model, shape, batch_size, sampler = make_setup(name)
   optimizer = make_optimizer()
   step_fn = make_train_step(model, optimizer)
   seeds = list(range(num_models))
   hypers = [Hyperparams(LossSettings(beta=1.0 + i % 4), LEARNING_RATE, 0) for i in seeds]
-  steps = _STEPS.value
-  if _MAX_MODEL_STEPS.value:
-    steps = max(1, min(steps, _MAX_MODEL_STEPS.value // num_models))
+  if max_model_steps:
+    steps = max(1, min(steps, max_model_steps // num_models))
 
   def batch_fn(seed, step):
     key = jax.random.fold_in(jax.random.key(seed), 7)
@@ -145,9 +152,8 @@ def run_config(name: str, num_models: int, strategies: list[str]) -> list[dict]:
   auto = _strategy_name(resolve_chunk_size("auto", num_models), num_models)
   variants = {"baseline": baseline}
   notes = {}
-  for strategy in dict.fromkeys([*strategies, auto]):
-    size = resolve_chunk_size(strategy, num_models,
-                              chunk_size=min(_CHUNK.value, num_models))
+  for strategy in dict.fromkeys([*strategies, *([auto] if with_auto else [])]):
+    size = resolve_chunk_size(strategy, num_models, chunk_size=min(chunk_size, num_models))
     if strategy == "chunked" and size in (1, num_models):
       continue  # the same as sequential or vmap
     stack = executor(seeds, hypers, size)
@@ -173,7 +179,9 @@ def run_config(name: str, num_models: int, strategies: list[str]) -> list[dict]:
   times = {k: [] for k in variants}
   for fn in variants.values():  # compile and warm up
     jax.block_until_ready(fn())
-  for _ in range(_REPEATS.value):
+  for _ in range(repeats):
+    if deadline is not None and times["baseline"] and time.perf_counter() > deadline:
+      break
     for key, fn in variants.items():
       start = time.perf_counter()
       jax.block_until_ready(fn())
@@ -183,13 +191,14 @@ def run_config(name: str, num_models: int, strategies: list[str]) -> list[dict]:
   rows = []
   for key in list(variants) + list(notes):
     row = {"model": name, "num_models": num_models, "variant": key, "steps": steps,
-           "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-           "auto": key == auto}
+           "batch_size": batch_size, "backend": jax.default_backend(),
+           "device": jax.devices()[0].device_kind, "auto": key == auto}
     if key in variants:
       rate = num_models * steps / statistics.median(times[key])
       best = num_models * steps / min(times[key])
-      row.update(model_steps_per_s=rate, speedup=rate / base, speedup_best=best / base_best,
-                 seconds=[round(t, 4) for t in times[key]])
+      row.update(model_steps_per_s=rate, images_per_s=rate * batch_size, speedup=rate / base,
+                 speedup_best=best / base_best, seconds=[round(t, 4) for t in times[key]],
+                 repeats=len(times[key]), stopped_at_deadline=len(times[key]) < repeats)
     else:
       row["note"] = notes[key]
     rows.append(row)
@@ -218,7 +227,9 @@ def main(argv: list[str]) -> None:
   rows = []
   for name in _MODELS.value:
     for m in _NUM_MODELS.value:
-      rows += run_config(name, int(m), list(_STRATEGIES.value))
+      rows += run_config(name, int(m), list(_STRATEGIES.value), steps=_STEPS.value,
+                         repeats=_REPEATS.value, chunk_size=_CHUNK.value,
+                         max_model_steps=_MAX_MODEL_STEPS.value)
   text = table(rows)
   print(text)
   if _OUT.value:

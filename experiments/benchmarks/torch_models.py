@@ -31,6 +31,7 @@ in so both compute the same function:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -178,13 +179,23 @@ def make_optimizer(parameters: Any, learning_rate: float = 1e-4) -> torch.optim.
   return torch.optim.Adam(parameters, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
-def make_train_step(model: VAE, learning_rate: float = 1e-4) -> Callable[[torch.Tensor], torch.Tensor]:
-  """``step(x_nchw) -> loss``: forward, loss, backward and one Adam update, in eager mode."""
+def make_train_step(model: VAE, learning_rate: float = 1e-4, *,
+                    autocast: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+  """``step(x_nchw) -> loss``: forward, loss, backward and one Adam update, in eager mode.
+
+  ``autocast=torch.bfloat16`` runs the forward pass under ``torch.autocast`` on the
+  parameters' device type: PyTorch's mixed precision (convolutions and matrix products in
+  bfloat16; parameters, gradients, Adam and the loss in float32).
+  """
   optimizer = make_optimizer(model.parameters(), learning_rate)
+  device_type = next(model.parameters()).device.type
 
   def step(x: torch.Tensor) -> torch.Tensor:
     optimizer.zero_grad(set_to_none=True)
-    loss = elbo_loss(x, *model(x))
+    with (torch.autocast(device_type, dtype=autocast) if autocast is not None
+          else contextlib.nullcontext()):
+      outputs = model(x)
+    loss = elbo_loss(x, *(t.float() for t in outputs))  # the loss in float32, as vaejax's
     loss.backward()
     optimizer.step()
     return loss.detach()

@@ -29,7 +29,9 @@ matmuls also use a pool of their own); ``XLA_FLAGS`` must be set before Python s
 The harness needs only jax, flax, optax, chex and absl (torch for the baseline): of vaejax
 it imports the models and ``vaejax.training.{step,state,optimizer}``, which do not import
 ml_collections, so it runs with ``PYTHONPATH=.`` on an accelerator host; ``backend`` tells
-where JAX ran (the PyTorch baseline always runs on the CPU).
+where JAX ran. This command line runs the PyTorch baseline on the CPU, in float32;
+:mod:`experiments.benchmarks.device_suite` calls :func:`make_runners` and :func:`measure` to
+run both on the same GPU, in float32 and bfloat16.
 """
 
 from __future__ import annotations
@@ -111,10 +113,16 @@ class JaxRunner:
 
 
 class TorchRunner:
-  """The PyTorch eager baseline, started from the same weights as ``jax_params``."""
+  """The PyTorch eager baseline, started from the same weights as ``jax_params``.
+
+  ``device="cuda"`` runs it on the GPU (each ``run`` then ends with
+  ``torch.cuda.synchronize()``, as the JAX runner blocks on its state); ``dtype="bfloat16"``
+  runs forward and loss under ``torch.autocast`` (PyTorch's mixed precision; the weights,
+  Adam and the reduced loss stay float32).
+  """
 
   def __init__(self, model_name: str, images: np.ndarray, seed: int, jax_params: Any,
-               threads: int):
+               threads: int, device: str = "cpu", dtype: str = "float32"):
     import torch  # pylint: disable=g-import-not-at-top
 
     from experiments.benchmarks import torch_models  # pylint: disable=g-import-not-at-top
@@ -123,8 +131,11 @@ class TorchRunner:
     torch.manual_seed(seed)
     self.model = torch_models.create_model(model_name, images.shape[1:])
     torch_models.load_flax_params(self.model, jax_params)
-    self.step = torch_models.make_train_step(self.model, LEARNING_RATE)
-    self.x = torch_models.to_nchw(images)
+    self.model.to(device)
+    autocast = torch.bfloat16 if dtype == "bfloat16" else None
+    self.step = torch_models.make_train_step(self.model, LEARNING_RATE, autocast=autocast)
+    self.x = torch_models.to_nchw(images).to(device)
+    self.sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
     self.last_loss = None
     self.version = torch.__version__
     self.params = torch_models.num_params(self.model)
@@ -132,12 +143,65 @@ class TorchRunner:
   def run(self, steps: int) -> None:
     for _ in range(steps):
       self.last_loss = self.step(self.x)
+    if self.sync is not None:
+      self.sync()
 
   def loss(self) -> float:
     return float(self.last_loss)
 
   def num_params(self) -> int:
     return self.params
+
+
+def make_runners(model_name: str, batch_size: int, seed: int, frameworks: tuple[str, ...],
+                 *, conv_impl: str = "fast", dtype: str = "float32", torch_threads: int = 2,
+                 torch_device: str = "cpu", torch_dtype: str = "float32",
+                 extra_conv_impls: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+  """``({name: runner}, data source)`` on one fixed batch; ``frameworks`` is a subset of
+  ``("jax", "torch")`` (the JAX model is built either way: it gives the weights), and each
+  of ``extra_conv_impls`` adds a vaejax runner ``jax_<impl>`` with that conv formulation."""
+  images, data_source = make_images(model_name, batch_size, seed)
+  jax_runner = JaxRunner(model_name, images, seed, conv_impl, dtype)
+  runners: dict[str, Any] = {}
+  if "jax" in frameworks:
+    runners["jax"] = jax_runner
+  for impl in extra_conv_impls:
+    runners[f"jax_{impl}"] = JaxRunner(model_name, images, seed, impl, dtype)
+  if "torch" in frameworks:
+    runners["torch"] = TorchRunner(model_name, images, seed, jax_runner.initial_params,
+                                   torch_threads, torch_device, torch_dtype)
+  return runners, data_source
+
+
+def measure(runners: dict[str, Any], batch_size: int, steps: int, repeats: int
+            ) -> dict[str, Any]:
+  """Images/s of warmed-up ``runners``, interleaved repeat by repeat: ``images_per_sec``
+  and ``images_per_cpu_sec`` of the first runner; with ``jax`` and ``torch``, ``torch_*``
+  and the paired ``ratio`` / ``cpu_ratio`` (module docstring); for any other runner
+  ``<name>_images_per_sec`` and ``<name>_vs_jax``, its paired ratio to ``jax``."""
+  rates = timing.interleaved_rates(
+      {k: (lambda r=r: r.run(steps)) for k, r in runners.items()}, steps * batch_size, repeats)
+  subject = next(iter(runners))
+  result = {
+      "images_per_sec": round(rates[subject].median(), 1),
+      "images_per_cpu_sec": round(rates[subject].median("cpu"), 1),
+      "step_ms": round(1000 * batch_size / rates[subject].median(), 2),
+  }
+  for name in runners:
+    if name not in ("jax", "torch") and "jax" in runners:
+      result[f"{name}_images_per_sec"] = round(rates[name].median(), 1)
+      result[f"{name}_vs_jax"] = round(timing.paired_ratio(rates[name], rates["jax"]), 3)
+  if "jax" in runners and "torch" in runners:
+    jax_rates, torch_rates = rates["jax"], rates["torch"]
+    result.update({
+        "torch_images_per_sec": round(torch_rates.median(), 1),
+        "torch_images_per_cpu_sec": round(torch_rates.median("cpu"), 1),
+        "ratio": round(timing.paired_ratio(jax_rates, torch_rates), 3),
+        "cpu_ratio": round(timing.paired_ratio(jax_rates, torch_rates, "cpu"), 3),
+        "ratios_per_repeat": [round(a / b, 3) for a, b in zip(jax_rates.wall, torch_rates.wall)],
+    })
+  result["final_loss"] = {k: round(r.loss(), 3) for k, r in runners.items()}
+  return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -170,30 +234,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark of the command line ``argv``; prints and returns its JSON record."""
   args = parse_args(argv)
-  name, batch, steps = args.model, args.batch_size, args.steps
-  images, data_source = make_images(name, batch, args.seed)
-
-  runners: dict[str, Any] = {}
-  jax_runner = JaxRunner(name, images, args.seed, args.conv_impl, args.dtype)
-  if args.framework in ("jax", "compare"):
-    runners["jax"] = jax_runner
-  if args.framework in ("torch", "compare"):
-    runners["torch"] = TorchRunner(
-        name, images, args.seed, jax_runner.initial_params, args.torch_threads)
+  name, batch = args.model, args.batch_size
+  frameworks = {"jax": ("jax",), "torch": ("torch",), "compare": ("jax", "torch")}
+  runners, data_source = make_runners(
+      name, batch, args.seed, frameworks[args.framework], conv_impl=args.conv_impl,
+      dtype=args.dtype, torch_threads=args.torch_threads)
   for runner in runners.values():
     runner.run(1 + args.warmup)  # the first JAX call compiles
-
-  rates = timing.interleaved_rates(
-      {k: (lambda r=r: r.run(steps)) for k, r in runners.items()}, steps * batch, args.repeats)
-  subject = "jax" if "jax" in runners else "torch"
+  measured = measure(runners, batch, args.steps, args.repeats)
+  subject = next(iter(runners))
   result = {
       "benchmark": "train_step",
       "model": name,
       "framework": args.framework,
       "batch_size": batch,
-      "images_per_sec": round(rates[subject].median(), 1),
-      "images_per_cpu_sec": round(rates[subject].median("cpu"), 1),
-      "step_ms": round(1000 * batch / rates[subject].median(), 2),
+      **{k: measured.pop(k) for k in ("images_per_sec", "images_per_cpu_sec", "step_ms")},
       "backend": jax.default_backend() if subject == "jax" else "cpu",
       "device": str(jax.devices()[0]) if subject == "jax" else platform.processor() or "cpu",
       "conv_impl": args.conv_impl if name == "conv_vae" else None,
@@ -201,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "num_params": runners[subject].num_params(),
       "data": data_source,
       "repeats": args.repeats,
-      "steps_per_repeat": steps,
+      "steps_per_repeat": args.steps,
       "cpu_count": os.cpu_count(),
       "load_average_1min": round(os.getloadavg()[0], 2),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -210,16 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if "torch" in runners:
     result.update({"torch_version": runners["torch"].version,
                    "torch_threads": args.torch_threads})
-  if args.framework == "compare":
-    jax_rates, torch_rates = rates["jax"], rates["torch"]
-    result.update({
-        "torch_images_per_sec": round(torch_rates.median(), 1),
-        "torch_images_per_cpu_sec": round(torch_rates.median("cpu"), 1),
-        "ratio": round(timing.paired_ratio(jax_rates, torch_rates), 3),
-        "cpu_ratio": round(timing.paired_ratio(jax_rates, torch_rates, "cpu"), 3),
-        "ratios_per_repeat": [round(a / b, 3) for a, b in zip(jax_rates.wall, torch_rates.wall)],
-    })
-  result["final_loss"] = {k: round(r.loss(), 3) for k, r in runners.items()}
+  result.update(measured)
   print(json.dumps(result), flush=True)
   return result
 
