@@ -173,6 +173,7 @@ def test_single_factor_steps_change_the_image(factor):
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive  # ~9 min on 2 cores: run it by hand (-m exhaustive)
 def test_every_single_factor_step_exhaustive():
   """All 3.25M adjacent pairs of the full grid (~30 s on 2 CPU cores)."""
   all_classes = dsprites.classes_of(np.arange(dsprites.NUM_IMAGES))[:, 1:]
