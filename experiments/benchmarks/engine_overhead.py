@@ -7,8 +7,10 @@ strategy ``auto``) against the same M models as M separate single runs (M execut
 one model each, stepped one after another, as M ``experiments.train`` commands would run
 them without their start-up), in model-steps per second after warm-up::
 
-    PYTHONPATH=. python experiments/benchmarks/engine_overhead.py --mode=sweep --model=mlp --num_models=16
-    PYTHONPATH=. python experiments/benchmarks/engine_overhead.py --mode=sweep --model=conv --num_models=4
+    PYTHONPATH=. python experiments/benchmarks/engine_overhead.py --mode=sweep --model=mlp \
+        --num_models=16
+    PYTHONPATH=. python experiments/benchmarks/engine_overhead.py --mode=sweep --model=conv \
+        --num_models=4
 
 ``--mode=commit``: the single run's train step as the loop runs it (this tree: the
 executor's program for a stack of one; the older tree: whatever its loop jitted) against
@@ -58,7 +60,8 @@ def run(n):
     m = ex.step()
   jax.block_until_ready((m, ex.chunk_states))
 run(warmup)
-t = time.perf_counter(); run(steps); print(json.dumps({"steps_per_sec": steps / (time.perf_counter() - t)}))
+t = time.perf_counter(); run(steps); rate = steps / (time.perf_counter() - t)
+print(json.dumps({"steps_per_sec": rate}))
 """
 
 _OLD_STEP = r"""
@@ -77,7 +80,8 @@ def run(n):
     state, m = step(state, None, settings)
   jax.block_until_ready((state, m))
 run(warmup)
-t = time.perf_counter(); run(steps); print(json.dumps({"steps_per_sec": steps / (time.perf_counter() - t)}))
+t = time.perf_counter(); run(steps); rate = steps / (time.perf_counter() - t)
+print(json.dumps({"steps_per_sec": rate}))
 """
 
 

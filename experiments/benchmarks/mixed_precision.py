@@ -76,7 +76,7 @@ def compare_curves(curves: dict[tuple[int, str], np.ndarray], window: int,
           "gap_over_noise": float(gap / noise)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _programs(model_name: str, dtype: str, image_shape: tuple[int, ...], batch_size: int,
               dataset: Any):
   """(model, optimizer, jitted step) of one configuration, compiled once for every seed.

@@ -229,7 +229,8 @@ def _dense(layer: nn.Linear, params: Mapping[str, Any], *, rows_hwc=None, cols_h
 
 def _set(tensor: torch.Tensor, value: np.ndarray) -> None:
   if tuple(tensor.shape) != value.shape:
-    raise ValueError(f"Parameter shape mismatch: torch {tuple(tensor.shape)} vs flax {value.shape}.")
+    raise ValueError(
+        f"Parameter shape mismatch: torch {tuple(tensor.shape)} vs flax {value.shape}.")
   with torch.no_grad():
     tensor.copy_(torch.from_numpy(np.array(value, np.float32)))  # a writable copy
 
