@@ -16,6 +16,7 @@ from vaejax.data import dsprites
 from vaejax.data import dsprites_data as _dsprites_data  # registers the dSprites datasets
 from vaejax.data import mnist as _mnist  # registers the MNIST datasets
 from vaejax.data import mnist_files as _mnist_files  # registers the IDX and .amat readers
+from vaejax.data import text  # registers text_lines, ptb, tiny_shakespeare
 from vaejax.data.arrays import BINARIZE_MODES, ArrayDataset, SplitArrays
 from vaejax.data.base import Batch, BatchIterator, Dataset
 from vaejax.data.dsprites_data import ProceduralDSprites, sample_batch
