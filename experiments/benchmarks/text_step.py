@@ -40,7 +40,7 @@ import optax
 
 from experiments.benchmarks import timing
 from vaejax import data, models, objectives
-from vaejax.types import EOS_ID, PAD_ID, DataSpec, example_batch
+from vaejax.types import EOS_ID, DataSpec, example_batch
 
 LEARNING_RATE = 1e-3  # Texar's and He et al.'s Adam rate for text VAEs
 
