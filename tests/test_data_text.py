@@ -193,6 +193,13 @@ def test_bad_corpora_and_settings(tmp_path, overrides, options, match):
     _load(_corpus(tmp_path, **overrides), **options)
 
 
+def test_file_size_is_checked_before_reading(tmp_path, monkeypatch):
+  path = _corpus(tmp_path)
+  monkeypatch.setattr(text.corpus, "MAX_FILE_BYTES", 8)
+  with pytest.raises(ValueError, match=r"train\.txt holds \d+ bytes, more than the 8"):
+    _load(path)
+
+
 def test_image_only_options_do_not_apply(tmp_path):
   with pytest.raises(ValueError, match="'binarize' does not apply to dataset 'text_lines'"):
     data.load({"name": "text_lines", "path": str(_corpus(tmp_path)), "binarize": "static"})

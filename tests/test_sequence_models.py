@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaejax import models, objectives
+from vaejax import data, models, objectives
 from vaejax.models import sequence
 from vaejax.types import BOS_ID, EOS_ID, PAD_ID, UNK_ID, DataSpec, example_batch
 
@@ -53,6 +53,13 @@ def test_example_batch_of_each_family():
   chex.assert_shape([images["image"], images["label"]], [(2, 4, 4, 1), (2,)])
 
 
+def test_every_dataset_describes_its_batches():
+  images = data.ArrayDataset("tiny", {"train": data.SplitArrays(np.zeros((4, 6, 6, 1)))},
+                             image_shape=(6, 6, 1), num_classes=10)
+  assert images.spec == DataSpec.images((6, 6, 1), num_classes=10)
+  assert data.load({"name": "dsprites_procedural"}).spec == DataSpec.images((64, 64, 1))
+
+
 def test_create_model_takes_a_spec_and_the_old_image_form():
   image_model = models.create_model({"name": "mlp_vae"}, DataSpec.images((6, 6, 1)))
   assert image_model == models.create_model({"name": "mlp_vae"}, (6, 6, 1))
@@ -80,10 +87,14 @@ def test_bad_model_and_data_combinations(config, spec, match, no_compiling):
     models.create_model(config, spec)
 
 
-def test_image_batches_into_a_text_model_are_refused():
+def test_image_batches_labels_and_decoding_without_tokens_are_refused():
   model, params = _model("lstm_vae")
   with pytest.raises(ValueError, match=r"takes token batches.*float32 of shape \(2, 4, 4, 1\)"):
     model.apply({"params": params}, jnp.zeros((2, 4, 4, 1)), rngs={"sample": jax.random.key(0)})
+  with pytest.raises(ValueError, match="lstm_vae is unconditional"):
+    model.apply({"params": params}, TOKENS, np.zeros(3, np.int32), method="encode")
+  with pytest.raises(ValueError, match=r"needs the tokens .* generate\(z\)"):
+    model.apply({"params": params}, jnp.zeros((3, 3)), None, method="decode")
 
 
 # ----------------------------------------------------------------------------- forward pass
