@@ -95,6 +95,9 @@ def test_image_batches_labels_and_decoding_without_tokens_are_refused():
     model.apply({"params": params}, TOKENS, np.zeros(3, np.int32), method="encode")
   with pytest.raises(ValueError, match=r"needs the tokens .* generate\(z\)"):
     model.apply({"params": params}, jnp.zeros((3, 3)), None, method="decode")
+  with pytest.raises(ValueError, match="temperature=0.0 must be a finite number > 0"):
+    model.apply({"params": params}, jnp.zeros((3, 3)), jax.random.key(0), 0.0,
+                method="generate")
 
 
 # ----------------------------------------------------------------------------- forward pass

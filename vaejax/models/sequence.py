@@ -327,6 +327,8 @@ class SequenceVAE(nn.Module):
     ``temperature``).
     """
     z = self._check_z(z)
+    if not isinstance(temperature, jax.core.Tracer):
+      check_number(temperature, "temperature", minimum=0, exclusive_minimum=True)
     batch = z.shape[0]
     latent_gates, carry = self._latent_terms(z)
     arrays = (self.decoder_embedding, self.decoder.input_kernel[:self.embedding_size],
