@@ -171,6 +171,35 @@ def bernoulli_log_prob(x: ArrayLike, logits: ArrayLike) -> Array:
   return x * logits - jax.nn.softplus(logits)
 
 
+def categorical_log_prob(tokens: ArrayLike, logits: ArrayLike, pad_id: int = 0) -> Array:
+  r"""log Categorical(x; softmax(ℓ)) per position, 0 at padding positions.
+
+  .. math:: \log p(x_t) = \ell_{t, x_t} - \operatorname{logsumexp}_v \ell_{t, v}
+            \quad (x_t \ne \text{pad}),\qquad 0 \quad (x_t = \text{pad}).
+
+  Padding contributes nothing, to the value or to the gradient (its logits are
+  masked with ``jnp.where``). Summing over positions gives a sentence's log-likelihood
+  (:mod:`vaejax.objectives` does).
+
+  Args:
+    tokens: integer ids, any shape (e.g. (B, T)); ``pad_id`` marks positions to skip.
+    logits: unnormalised log-probabilities, ``tokens.shape + (V,)``.
+    pad_id: the id of padding (``vaejax.types.PAD_ID`` = 0).
+
+  Returns:
+    float32 log-probabilities with the shape of ``tokens``.
+  """
+  tokens, logits = jnp.asarray(tokens), jnp.asarray(logits)
+  if logits.shape[:-1] != tokens.shape or not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise ValueError(f"categorical_log_prob needs integer tokens of shape S and logits of "
+                     f"shape S + (V,); got tokens {tokens.dtype} {tokens.shape}, logits "
+                     f"{logits.shape}.")
+  logits = logits.astype(jnp.float32)
+  chosen = jnp.take_along_axis(logits, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  log_prob = chosen - jax.nn.logsumexp(logits, axis=-1)
+  return jnp.where(tokens == pad_id, 0.0, log_prob)
+
+
 def clip_log_var(log_var: ArrayLike, min_variance: float) -> Array:
   """Floors a log-variance at log(min_variance): the usual remedy for variances collapsing to 0.
 
@@ -322,25 +351,32 @@ def likelihood_log_prob(x: ArrayLike, params: dict[str, Array]) -> Array:
 
   * ``{"logits"}``: Bernoulli, :func:`bernoulli_log_prob`;
   * ``{"mean", "log_var"}``: diagonal Gaussian, :func:`diag_gaussian_log_prob` (fixed
-    variance = a constant ``log_var``; see :func:`gaussian_likelihood_params`).
+    variance = a constant ``log_var``; see :func:`gaussian_likelihood_params`);
+  * ``{"categorical_logits"}``: categorical over a vocabulary for integer tokens
+    ``x`` (B, T), logits (B, T, V), :func:`categorical_log_prob` (padding id 0 scores 0).
   """
   keys = set(params)
   if keys == {"logits"}:
     return bernoulli_log_prob(x, params["logits"])
+  if keys == {"categorical_logits"}:
+    return categorical_log_prob(x, params["categorical_logits"])
   if keys == {"mean", "log_var"}:
     return diag_gaussian_log_prob(x, params["mean"], params["log_var"])
   raise ValueError(
-      f"Unknown likelihood parameters {sorted(keys)}; expected {{'logits'}} (Bernoulli) "
-      "or {'mean', 'log_var'} (Gaussian)."
+      f"Unknown likelihood parameters {sorted(keys)}; expected {{'logits'}} (Bernoulli), "
+      "{'mean', 'log_var'} (Gaussian) or {'categorical_logits'} (tokens)."
   )
 
 
 def likelihood_mean(params: dict[str, Array]) -> Array:
-  """The mean of p(x|z): sigmoid(logits) or the Gaussian mean (for figures and reconstructions).
+  """The mean of p(x|z): sigmoid(logits), the Gaussian mean, or for tokens the probabilities
+  softmax(categorical_logits) per position, (B, T, V) (for figures and reconstructions).
 
   >>> [round(float(v), 4) for v in likelihood_mean({"logits": jnp.array([0.0, 2.0])})]
   [0.5, 0.8808]
   """
+  if "categorical_logits" in params:
+    return jax.nn.softmax(params["categorical_logits"].astype(jnp.float32), axis=-1)
   if "logits" in params:
     return jax.nn.sigmoid(params["logits"])
   return params["mean"]

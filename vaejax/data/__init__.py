@@ -23,6 +23,7 @@ A new family is a package that decorates its constructors with
 
 from vaejax.data import dsprites
 from vaejax.data import mnist as _mnist  # registers the MNIST datasets
+from vaejax.data import text  # registers text_lines, ptb, tiny_shakespeare
 from vaejax.data.arrays import BINARIZE_MODES, ArrayDataset, SplitArrays
 from vaejax.data.base import Batch, BatchIterator, Dataset, GroundTruthData
 from vaejax.data.dsprites import LookupDSprites, ProceduralDSprites, RenderedDSprites, sample_batch

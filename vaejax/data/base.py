@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from vaejax.types import DataSpec
 from vaejax.utils import checks
 
 Batch = dict[str, np.ndarray]
@@ -129,6 +130,11 @@ class Dataset(abc.ABC):
   splits: tuple[str, ...] = ("train", "test")
   ground_truth: GroundTruthData | None = None
   config: Mapping[str, Any] = types.MappingProxyType({})
+
+  @property
+  def spec(self) -> DataSpec:
+    """What the batches hold (:class:`vaejax.types.DataSpec`), for building a model."""
+    return DataSpec.images(self.image_shape, self.num_classes)
 
   def check_split(self, split: str) -> str:
     if split not in self.splits:

@@ -1,4 +1,9 @@
-"""Models by name: ``create_model(config, image_shape, num_classes)`` builds a Linen module.
+"""Models by name: ``create_model(config, spec)`` builds a Linen module for a dataset.
+
+``spec`` is the dataset's :class:`vaejax.types.DataSpec` (``dataset.spec``: images, or
+token sequences); the older form ``create_model(config, image_shape, num_classes)`` builds
+image models as before. A model built for one family refuses the other (an image model on
+token sequences and the reverse), before anything is compiled.
 
 A model config is a Mapping or ``ml_collections.ConfigDict`` with ``name`` and any of the
 keys of :data:`COMMON_DEFAULTS` (plus keys a registered model declares). Every key any
@@ -12,6 +17,9 @@ declaring the defaults of any extra keys it reads::
 
     @register("my_vae", num_levels=3)
     def _build(config, image_shape, num_classes): ...
+
+A model of token sequences registers with ``data_kind=TOKENS`` and its builder takes
+``(config: dict, spec: DataSpec)``.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaejax.models import fast_conv, networks, vae
+from vaejax.types import IMAGES, DataSpec
 
 Builder = Callable[[dict, tuple[int, int, int], "int | None"], nn.Module]
 
@@ -45,17 +54,20 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class ModelEntry(NamedTuple):
   builder: Builder
   defaults: dict[str, Any]
+  data_kind: str = IMAGES  # the DataSpec kind the model is built for
 
 
 MODELS: dict[str, ModelEntry] = {}
 
 
-def register(name: str, **defaults: Any) -> Callable[[Builder], Builder]:
-  """Decorator registering ``builder`` under ``name``, with defaults for its extra keys."""
+def register(name: str, *, data_kind: str = IMAGES, **defaults: Any
+             ) -> Callable[[Builder], Builder]:
+  """Decorator registering ``builder`` under ``name``, for data of ``data_kind`` (a
+  :class:`~vaejax.types.DataSpec` kind), with defaults for its extra keys."""
   def decorator(builder: Builder) -> Builder:
     if name in MODELS:
       raise ValueError(f"A model named {name!r} is already registered.")
-    MODELS[name] = ModelEntry(builder, dict(defaults))
+    MODELS[name] = ModelEntry(builder, dict(defaults), data_kind)
     return builder
   return decorator
 
@@ -102,10 +114,10 @@ def validate_config(config: dict[str, Any]) -> None:
 
 def create_model(
     model_config: Mapping[str, Any] | Any,
-    image_shape: Sequence[int],
+    image_shape: DataSpec | Sequence[int],
     num_classes: int | None = None,
 ) -> nn.Module:
-  """Builds the registered model ``model_config["name"]`` for images of ``image_shape``.
+  """Builds the registered model ``model_config["name"]`` for the data ``spec`` describes.
 
   Args:
     model_config: Mapping or ConfigDict with ``name`` and optional keys (defaults in
@@ -115,15 +127,20 @@ def create_model(
       :func:`vaejax.distributions.soft_floor_log_var`),
       ``conv_impl`` ("fast" | "fast_lax" | "textbook", see :mod:`vaejax.models.fast_conv`),
       ``dtype`` ("float32" | "bfloat16").
-    image_shape: (H, W, C) of the data.
-    num_classes: number of label classes; required by conditional models, ignored by
-      the others.
+      Text models (``lstm_vae``, ``lstm_lm``: :mod:`vaejax.models.sequence`) read
+      ``embedding_size``, ``hidden_size``, ``word_keep`` too.
+    image_shape: the dataset's :class:`~vaejax.types.DataSpec` (``dataset.spec``), or
+      (H, W, C) of image data (the older form).
+    num_classes: with an image shape: number of label classes; required by conditional
+      models, ignored by the others. Part of the spec otherwise.
 
   Returns:
-    An unbound Linen module; ``module.init({"params": k1, "sample": k2}, x, labels)``.
+    An unbound Linen module; ``module.init({"params": k1, "sample": k2}, x, labels)``
+    (x and labels from :func:`vaejax.types.example_batch`).
 
   Raises:
-    ValueError: unknown name or key, or a bad value, naming it and what is allowed.
+    ValueError: unknown name or key, a bad value, or a model of the other data family,
+      naming it and what is allowed.
 
   >>> import jax
   >>> model = create_model({"name": "mlp_vae", "latent_dim": 2, "hidden_sizes": (8,)},
@@ -157,6 +174,10 @@ def create_model(
   resolved = {**COMMON_DEFAULTS, **entry.defaults, **config}
   validate_config(resolved)
   resolved["hidden_sizes"] = int_tuple(resolved["hidden_sizes"], "hidden_sizes")
+  spec = _check_spec(name, entry.data_kind, image_shape, num_classes)
+  if entry.data_kind != IMAGES:
+    return entry.builder(resolved, spec)
+  image_shape, num_classes = spec.image_shape, spec.num_classes
   shape = int_tuple(image_shape, "image_shape")
   if len(shape) != 3:
     raise ValueError(f"image_shape must be (height, width, channels), got {image_shape!r}.")
@@ -165,6 +186,20 @@ def create_model(
   ):
     raise ValueError(f"num_classes must be an int >= 1 or None, got {num_classes!r}.")
   return entry.builder(resolved, shape, num_classes)
+
+
+def _check_spec(name: str, kind: str, spec: Any, num_classes: Any) -> DataSpec:
+  """The data spec (old-form image shapes wrapped), or an error if ``name`` cannot model it."""
+  if not isinstance(spec, DataSpec):
+    return _check_spec(name, kind, DataSpec(IMAGES, spec, num_classes), None)
+  if num_classes is not None:
+    raise ValueError("Pass num_classes inside the DataSpec, not next to it.")
+  if spec.kind != kind:
+    fits = sorted(n for n, e in MODELS.items() if e.data_kind == spec.kind)
+    raise ValueError(
+        f"Model {name!r} is built for {kind} but the dataset describes {spec.describe()}; "
+        f"models for {spec.kind}: {fits}.")
+  return spec
 
 
 # ----------------------------------------------------------------------------- built-in models

@@ -157,7 +157,12 @@ def _check_shapes(x: Array, out: VAEOutput) -> None:
         f"posterior's {out.mean.shape}."
     )
   for key, value in out.likelihood.items():
-    if value.shape != x.shape:
+    if key == "categorical_logits":  # tokens (B, T) → logits (B, T, V)
+      if value.shape[:-1] != x.shape or not jnp.issubdtype(x.dtype, jnp.integer):
+        raise ValueError(
+            f"Likelihood parameter 'categorical_logits' has shape {value.shape}; integer "
+            f"tokens of shape {x.shape} ({x.dtype}) need {x.shape + ('V',)}.")
+    elif value.shape != x.shape:
       raise ValueError(
           f"Likelihood parameter {key!r} has shape {value.shape} but the data has shape "
           f"{x.shape}; they must match."
