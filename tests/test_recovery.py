@@ -20,7 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from vaejax.training import checkpoint, faults, loop, workdir, writers
+from vaejax.training import checkpoint, loop, workdir, writers
+from vaejax.utils import faults
 from vaejax.training.interrupt import Interrupted
 
 REPO = Path(__file__).resolve().parents[1]

@@ -171,7 +171,14 @@ def write_figures(
         arrays["class_samples"])
     figures["style_transfer.png"] = grids.plot_style_transfer(
         arrays["style_inputs"], arrays["style_transfer"])
-  return [grids.save_figure(fig, out_dir / name) for name, fig in figures.items()]
+  written = []
+  try:
+    for name, fig in figures.items():
+      written.append(grids.save_figure(fig, out_dir / name))
+  finally:  # a stop or a full disk ends the loop: close the figures it did not save
+    for fig in list(figures.values())[len(written) + 1:]:
+      grids.plt.close(fig)
+  return written
 
 
 # ----------------------------------------------------------------------------- latent arithmetic

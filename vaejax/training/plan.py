@@ -168,8 +168,11 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   group_plans = []
   for group in groups:
     directory = workdir if len(groups) == 1 else workdir / f"group_{group.index}"
-    group_plans.append(_plan_group(group, run_points, workdir, directory, dataset, datasets,
-                                   eval_names))
+    try:
+      group_plans.append(_plan_group(group, run_points, workdir, directory, dataset, datasets,
+                                     eval_names))
+    except ValueError as error:
+      raise _group_error(group, run_points, error) from None
   return Plan(config, config_lib.to_dict(config), workdir, run_points.points,
               [config_lib.to_dict(p) for p in run_points.points], run_points.stacked,
               group_plans)
@@ -198,8 +201,26 @@ def with_resume_steps(run: Plan, *, every_layout: bool = True) -> Plan:
 # ----------------------------------------------------------------------------- points
 
 
-def _point_error(point: Point, error: Exception) -> config_lib.ConfigError:
-  return config_lib.ConfigError(f"Sweep point {grid_lib.point_label(point)}: {error}")
+class PointError(config_lib.ConfigError):
+  """A bad value of one grid point (or of the points of one group), named by its values."""
+
+
+def _point_error(point: Point, error: Exception) -> PointError:
+  return PointError(f"Sweep point {grid_lib.point_label(point)}: {error}")
+
+
+def _group_error(group: grid_lib.Group, run_points: _Points, error: ValueError) -> ValueError:
+  """``error`` of building one group, naming the grid values its points share (the values
+  that made the group: a model's shape, the data, ...); unchanged for a single run, an
+  error that names its point already, or one that no grid value explains."""
+  points = [run_points.points[i] for i in group.models]
+  shared = {k: v for k, v in points[0].items() if all(p.get(k) == v for p in points)}
+  if not run_points.stacked or isinstance(error, PointError) or not shared:
+    return error
+  if len(points) == 1:
+    return _point_error(points[0], error)
+  return PointError(f"Sweep points with {grid_lib.point_label(shared)} ({len(points)} models): "
+                    f"{error}")
 
 
 def _points(config: ml_collections.ConfigDict, grid: Sequence[str] | None,

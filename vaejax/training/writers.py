@@ -11,8 +11,12 @@ matters, ``write_rows(step, rows)``; :class:`MultiWriter` hands each call to sev
   per logged step.
 
 On resume the rows past the restored step are dropped (and TensorBoard purges them), so
-the logs read like a run that never stopped. clu's own writers need TensorFlow; these do
-not. Only process 0 of a multi-process run writes (:func:`create_writers`).
+the logs read like a run that never stopped; evaluations finished on resume (a stop cut
+them short) are merged into their step's rows (:meth:`MetricWriter.merge_rows`). clu's own
+writers need TensorFlow; these do not. Only process 0 of a multi-process run writes
+(:func:`create_writers`). A write that fails for a full disk raises
+:class:`vaejax.utils.files.DiskFullError` naming the file (TensorBoard's, written in a
+background thread, at the next logged step or flush).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,8 @@ HISTOGRAM_PREFIX = "hist/"  # row keys only TensorBoard writes, as histograms
 Row = Mapping[str, Any]
 # Row fields that identify a model rather than measure it: not TensorBoard scalars.
 _IDENTITY = ("step", "model", "point", "group", "active", "masked_at")
+# Fields that say which model's row it is (a single run's rows have none).
+_ROW_KEY = ("model", "group")
 
 
 def to_python(value: Any) -> Any:
@@ -71,6 +78,24 @@ def write_jsonl(path: str | os.PathLike, rows: Sequence[Row]) -> None:
     f.writelines(json.dumps(to_python(row)) + "\n" for row in rows)
 
 
+def merge_jsonl(path: str | os.PathLike, rows: Sequence[Row]) -> None:
+  """Merges each of ``rows`` into the last row of ``path`` with the same ``step`` (and
+  ``model`` and ``group``, where rows have them), or appends it where there is none.
+  Atomic."""
+  path = Path(path)
+  existing = read_jsonl(path)
+  for row in rows:
+    row = to_python({k: v for k, v in row.items() if not k.startswith(HISTOGRAM_PREFIX)})
+    key = tuple(row.get(k) for k in ("step", *_ROW_KEY))
+    match = next((r for r in reversed(existing)
+                  if tuple(r.get(k) for k in ("step", *_ROW_KEY)) == key), None)
+    if match is None:
+      existing.append(row)
+    else:
+      match.update(row)
+  write_jsonl(path, existing)
+
+
 def rewound_path(path: str | os.PathLike) -> Path:
   """Where :func:`truncate_jsonl` keeps the rows it takes out of ``path``."""
   path = Path(path)
@@ -92,8 +117,9 @@ def truncate_jsonl(path: str | os.PathLike, last_step: int,
     rewound = [row for row in rows if owns(row) and row.get("step", math.inf) > last_step]
     archive = rewound_path(path)
     write_jsonl(archive, read_jsonl(archive) + rewound)
-    logging.warning("%s: %d row(s) past step %d moved to %s (the run continues from step %d).",
-                    path, len(rewound), last_step, archive, last_step)
+    # Expected after any stop: the rows are kept, so this is no warning.
+    logging.info("%s: %d row(s) past step %d moved to %s (the run continues from step %d).",
+                 path, len(rewound), last_step, archive, last_step)
   write_jsonl(path, kept)
   return len(kept)
 
@@ -103,6 +129,11 @@ class MetricWriter:
 
   def write_rows(self, step: int, rows: Sequence[Row]) -> None:
     raise NotImplementedError
+
+  def merge_rows(self, step: int, rows: Sequence[Row]) -> None:
+    """Adds ``rows`` (more results of ``step``, e.g. evaluations finished on resume) to the
+    rows already written at ``step``."""
+    self.write_rows(step, rows)
 
   def flush(self) -> None:
     pass
@@ -120,6 +151,10 @@ class MultiWriter(MetricWriter):
   def write_rows(self, step, rows):
     for writer in self.writers:
       writer.write_rows(step, rows)
+
+  def merge_rows(self, step, rows):
+    for writer in self.writers:
+      writer.merge_rows(step, rows)
 
   def flush(self):
     for writer in self.writers:
@@ -147,16 +182,25 @@ class JsonlWriter(MetricWriter):
     self._file = open(self.path, "a")  # noqa: SIM115  (closed by close())
 
   def write_rows(self, step, rows):
-    for row in rows:
-      row = {k: v for k, v in row.items() if not k.startswith(HISTOGRAM_PREFIX)}
-      self._file.write(json.dumps(to_python(row)) + "\n")
-    self._file.flush()
+    lines = "".join(json.dumps(to_python({k: v for k, v in row.items()
+                                          if not k.startswith(HISTOGRAM_PREFIX)})) + "\n"
+                    for row in rows)
+    with files.raising_disk_full(self.path):
+      self._file.write(lines)
+      self._file.flush()
+
+  def merge_rows(self, step, rows):
+    self.close()
+    merge_jsonl(self.path, rows)
+    self._file = open(self.path, "a")  # noqa: SIM115  (closed by close())
 
   def flush(self):
-    self._file.flush()
+    with files.raising_disk_full(self.path):
+      self._file.flush()
 
   def close(self):
-    self._file.close()
+    with files.raising_disk_full(self.path):
+      self._file.close()
 
 
 class TensorBoardWriter(MetricWriter):
@@ -173,8 +217,25 @@ class TensorBoardWriter(MetricWriter):
     self._start = start_step
     self._per_model = per_model
     self._writers: dict[str, Any] = {}
+    _keep_event_thread_errors()
+
+  def _check_threads(self) -> None:
+    """Raises the error that stopped a writer's background thread (else its queue fills
+    and the run hangs): a full disk as one DiskFullError."""
+    for name, writer in self._writers.items():
+      worker = getattr(getattr(getattr(writer, "file_writer", None), "event_writer", None),
+                       "_worker", None)
+      if worker is not None and not worker.is_alive():
+        error = getattr(worker, "vaejax_error", None) or RuntimeError(
+            "TensorBoard's event writer thread stopped")
+        path = self.logdir / name
+        if files.is_disk_full(error):
+          raise files.DiskFullError(path, files.free_bytes(path),
+                                    f"TensorBoard events in {path}") from None
+        raise error
 
   def _writer(self, name: str):
+    self._check_threads()
     if name not in self._writers:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       # purge_step makes TensorBoard discard the events (step >= purge_step) that a
@@ -204,12 +265,33 @@ class TensorBoardWriter(MetricWriter):
           writer.add_scalar(key, value, step)
 
   def flush(self):
-    for writer in self._writers.values():
-      writer.flush()
+    self._check_threads()
+    with files.raising_disk_full(self.logdir, f"TensorBoard events in {self.logdir}"):
+      for writer in self._writers.values():
+        writer.flush()
 
   def close(self):
-    for writer in self._writers.values():
-      writer.close()
+    with files.raising_disk_full(self.logdir, f"TensorBoard events in {self.logdir}"):
+      for writer in self._writers.values():
+        writer.close()
+
+
+def _keep_event_thread_errors() -> None:
+  """Keeps the error that ends a TensorBoard writer thread on the thread (for
+  :meth:`TensorBoardWriter._check_threads` to raise in the main thread) instead of
+  printing its traceback; other threads' errors reach the previous hook."""
+  previous = threading.excepthook
+  if getattr(previous, "_vaejax_event_threads", False):
+    return
+
+  def hook(args):
+    if type(args.thread).__name__ == "_EventLoggerThread":
+      args.thread.vaejax_error = args.exc_value
+      return
+    previous(args)
+
+  hook._vaejax_event_threads = True  # type: ignore[attr-defined]
+  threading.excepthook = hook
 
 
 class ProgressWriter(MetricWriter):
@@ -249,6 +331,9 @@ class ProgressWriter(MetricWriter):
       return f"0/{len(rows)} active: all models masked"
     return (f"{len(losses)}/{len(rows)} active, loss {np.nanmin(losses):.4g}..."
             f"{np.nanmax(losses):.4g}")
+
+  def merge_rows(self, step, rows):
+    del step, rows  # the step's own line was shown when it was logged
 
   def write_rows(self, step, rows):
     summary = self.summary(rows)
