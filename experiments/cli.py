@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -134,6 +135,11 @@ def run_command(command: Callable[[], T], argv: list[str]) -> T:
     logging.flush()
     print(stop, file=sys.stderr)
     sys.exit(stop.exit_code)
+  except KeyboardInterrupt:  # a second Ctrl-C while stopping: at once, still one line
+    logging.flush()
+    print("Stopped at once by a second SIGINT; re-run the same command to resume from the "
+          "newest checkpoint.", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
   except WRITE_ERRORS as error:
     if TRACEBACK.value:
       raise

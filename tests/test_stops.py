@@ -12,6 +12,7 @@ stage, with the kills of a sweep's result files.
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaejax import config as config_lib
 from vaejax.evaluation.disentanglement import prediction, sampling
 from vaejax.training import checkpoint, loop, unfinished, writers
 from vaejax.training.interrupt import Interrupted
@@ -29,6 +29,7 @@ from vaejax.utils import faults, stopping
 from vaejax.utils.progress import track
 
 from tiny import tiny_dataset
+from tiny_runs import rows, run, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,29 +94,6 @@ def test_classifier_fits_do_not_start_once_a_stop_is_pending(fit):
 # ----------------------------------------------------------------------------- runs
 
 
-def tiny_config():
-  """A 6-step MLP VAE: rows every step, checkpoints every 2, the held-out ELBO every 3."""
-  config = config_lib.base_config()
-  config.model.update(name="mlp_vae", hidden_sizes=(8,), latent_dim=2)
-  config.data.name = "mnist_npz"  # nominal: the dataset is passed in
-  config.num_steps, config.batch_size, config.learning_rate = 6, 8, 1e-2
-  config.log_every, config.checkpoint_every = 1, 2
-  config.evals.elbo.every = 3
-  config.eval.num_batches, config.eval.batch_size = 1, 16
-  config.evals.figures.at_end = False
-  return config
-
-
-def run(workdir, config=None, **kwargs):
-  return loop.train_and_evaluate(config or tiny_config(), workdir, dataset=tiny_dataset(),
-                                 progress=False, **kwargs)
-
-
-def rows(workdir):
-  return [{k: v for k, v in row.items() if k != "steps_per_sec"}
-          for row in writers.read_jsonl(Path(workdir) / writers.METRICS_FILE)]
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   path = tmp_path_factory.mktemp("reference")
@@ -149,6 +127,22 @@ def test_a_stop_at_an_evaluation_step_checkpoints_and_the_rerun_only_evaluates(
   run(tmp_path)  # nothing left to do
   assert rows(tmp_path) == rows(reference)
   assert any("nothing to train" in r.getMessage() for r in caplog.records)
+
+
+def test_an_end_of_run_evaluator_enabled_after_the_run_finished_runs_alone(reference, tmp_path,
+                                                                           caplog):
+  shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
+  config = tiny_config()
+  config.evals.iwae.update(at_end=True, num_samples=2, chunk_size=2)
+  caplog.set_level("INFO")
+  run(tmp_path, config)
+  before, after = rows(reference), rows(tmp_path)
+  assert after[:-1] == before[:-1]  # nothing trained, no row added
+  assert {k: v for k, v in after[-1].items() if not k.startswith("iwae/")} == before[-1]
+  assert after[-1]["iwae/num_importance_samples"] == 2
+  assert (tmp_path / "likelihood.json").exists()
+  assert any("running only its evaluation(s) iwae, which had not run" in r.getMessage()
+             for r in caplog.records)
 
 
 def test_a_stop_while_figures_are_written_leaves_them_to_the_rerun(tmp_path, monkeypatch):
@@ -232,8 +226,8 @@ def test_sigterm_during_the_metrics_stops_within_seconds_and_the_rerun_only_eval
   status, lines, seconds = _issue_run(tmp_path, stop_after=2.0)
   assert status == 143, "".join(lines[-20:])
   assert seconds < 10, f"took {seconds:.1f} s to stop"
-  assert lines[-1].startswith("Stopped by SIGTERM during the evaluation (disentanglement, "
-                              "figures) of step 30; the step is checkpointed in ")
+  assert re.match(r"Stopped by SIGTERM during the evaluation \(disentanglement, [a-z, ]+\) "
+                  r"of step 30; the step is checkpointed in ", lines[-1]), lines[-1]
   assert not any("Traceback" in line for line in lines)
   trained = rows(tmp_path)
   assert [r["step"] for r in trained] == list(range(1, 31))
@@ -245,8 +239,9 @@ def test_sigterm_during_the_metrics_stops_within_seconds_and_the_rerun_only_eval
   after = rows(tmp_path)
   assert [r["step"] for r in after] == list(range(1, 31))  # no row twice
   assert after[:-1] == trained[:-1]
-  assert {k: v for k, v in after[-1].items() if not k.startswith("disentanglement/")} == \
-      trained[-1]
+  assert {k: v for k, v in after[-1].items() if k in trained[-1]} == trained[-1]
+  assert {k.split("/")[0] for k in set(after[-1]) - set(trained[-1])} <= {"disentanglement",
+                                                                         "eval"}
   scores = json.loads((tmp_path / "disentanglement.json").read_text())["scores"]
   assert {k: after[-1][f"disentanglement/{k}"] for k in scores} == scores
   assert (tmp_path / "figures" / "traversals.png").exists()

@@ -248,6 +248,7 @@ def write_traversal_gifs(
   dims = kl_order(kl_per_dim, max_dims)
 
   def decode(z):
+    stopping.check()  # a stop signal ends the GIFs between two decodings
     y = None if label is None else jnp.full((z.shape[0],), label, jnp.int32)
     return codec.decode_mean(model, params, jnp.asarray(z), y)
 

@@ -23,7 +23,9 @@ A save that fails in orbax's background thread (a full disk) surfaces at the nex
 :meth:`Checkpointer.check_save` (the loop calls it after every step) as one error naming
 the checkpoint and, for a full disk, the free space (:class:`vaejax.utils.files.DiskFullError`);
 the save's temporary directory is removed at once, and leftovers of saves a crash cut
-short are removed before a run reads its checkpoints (:func:`remove_unfinished_saves`).
+short are removed before a run reads its checkpoints
+(:func:`~vaejax.training.checkpoint_failures.remove_unfinished_saves`). How those failures
+read is :mod:`vaejax.training.checkpoint_failures`'s.
 
 A checkpoint that reads but holds a different train-state *layout* (written by another
 version of vaejax) is not corrupt and is never moved: if the only difference is fields
@@ -35,10 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import logging as std_logging
 import os
-import shutil
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,11 +50,14 @@ from absl import logging
 from typing_extensions import Self
 
 from vaejax import config as config_lib
+from vaejax.training import checkpoint_failures as failures
+from vaejax.training.checkpoint_failures import (  # noqa: F401  (part of this interface)
+    TMP_SUFFIX,
+    remove_unfinished_saves,
+)
 from vaejax.utils import files
 
 CHECKPOINT_DIR = "checkpoints"
-# How orbax names a step while it is written (then renamed to the step alone).
-TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 # Train-state fields added after checkpoints may have been written without them, and
 # that restore as zeros: counters, so a resumed run counts from its resume.
@@ -85,7 +87,7 @@ class Checkpointer:
     if max_to_keep < 2:
       raise ValueError(f"max_to_keep must be >= 2, got {max_to_keep}.")
     _drop_closed_loop_callbacks()
-    _drop_orbax_error_logs()
+    failures.drop_orbax_error_logs()
     self.directory = Path(directory).resolve()
     self._saving: int | None = None  # the step whose background save may still fail
     options = ocp.CheckpointManagerOptions(
@@ -140,7 +142,7 @@ class Checkpointer:
       yield
     except Exception as error:  # pylint: disable=broad-except  (orbax, TensorStore, OS)
       self._saving = None
-      remove_unfinished_saves(self.directory, step)
+      failures.remove_unfinished_saves(self.directory, step)
       good = [s for s in self.all_steps() if s != step]
       note = (f"; the newest complete checkpoint is step {good[-1]}" if good else
               "; no complete checkpoint was written yet")
@@ -149,7 +151,7 @@ class Checkpointer:
         raise files.DiskFullError(self.directory, files.free_bytes(self.directory),
                                   f"checkpoint {step} ({where})", note) from None
       raise CheckpointWriteError(
-          f"Checkpoint {step} could not be written to {where} ({_short_reason(error)})"
+          f"Checkpoint {step} could not be written to {where} ({failures.short_reason(error)})"
           f"{note}.") from None
 
   def restore(self, step: int, target: Any = None) -> tuple[Any, dict[str, Any]]:
@@ -226,73 +228,6 @@ def check_points(saved: Sequence[Mapping[str, Any]] | None, points: Sequence[Map
         "resumes only with the same --grid flags; use a new --workdir for another grid.")
 
 
-def _is_orbax(record: std_logging.LogRecord) -> bool:
-  return f"{os.sep}orbax{os.sep}" in record.pathname
-
-
-def _drop_orbax_error_logs() -> None:
-  """Orbax logs every failed background write at ERROR with tracebacks from each of its
-  threads (hundreds of lines for one full disk); :class:`Checkpointer` raises that failure
-  itself as one error, so those records are dropped (orbax's warnings still show)."""
-  logger = std_logging.getLogger("absl")
-  if any(getattr(f, "_vaejax_orbax_errors", False) for f in logger.filters):
-    return
-
-  def keep(record: std_logging.LogRecord) -> bool:
-    return not (_is_orbax(record) and std_logging.ERROR <= record.levelno < std_logging.CRITICAL)
-
-  keep._vaejax_orbax_errors = True  # type: ignore[attr-defined]
-  logger.addFilter(keep)
-
-
-@contextlib.contextmanager
-def _quiet_orbax() -> Iterator[None]:
-  """Keeps orbax's logs below CRITICAL off the console while a checkpoint is probed: a
-  checkpoint that does not read gets one warning of ours (:func:`quarantine`) instead."""
-
-  def keep(record: std_logging.LogRecord) -> bool:
-    return not (_is_orbax(record) and record.levelno < std_logging.CRITICAL)
-
-  logger = std_logging.getLogger("absl")
-  logger.addFilter(keep)
-  try:
-    yield
-  finally:
-    logger.removeFilter(keep)
-
-
-def _short_reason(error: BaseException) -> str:
-  """Why a checkpoint does not read or write, in a few words."""
-  text = " ".join(str(error).split())
-  if files.is_disk_full(error):
-    return "no space left on the device"
-  if isinstance(error, json.JSONDecodeError) or "Expecting value" in text:
-    return "its metadata is not valid JSON"
-  if "was not found in the checkpoint" in text:
-    missing = text.split('"')[1] if text.count('"') >= 2 else "an item"
-    return f"its {missing}/ item is missing"
-  if "error while reading array" in text or "DATA_LOSS" in text or "OUT_OF_RANGE" in text:
-    return "its array data are truncated or damaged"
-  if isinstance(error, FileNotFoundError):
-    return f"file missing: {getattr(error, 'filename', None) or text}"
-  first = text.split(". ")[0].split("See full")[0].strip()
-  return (first[:120] + "…") if len(first) > 120 else first or type(error).__name__
-
-
-def remove_unfinished_saves(directory: str | os.PathLike, step: int | None = None) -> None:
-  """Removes the temporary directories of checkpoint saves that did not finish (of
-  ``step``, or all), quietly. Call it holding the workdir lock: a live run's save in
-  progress looks the same."""
-  directory = Path(directory)
-  pattern = f"*{TMP_SUFFIX}*" if step is None else f"{step}{TMP_SUFFIX}*"
-  for leftover in directory.glob(pattern):
-    if leftover.is_dir():
-      shutil.rmtree(leftover, ignore_errors=True)
-    else:
-      with contextlib.suppress(OSError):
-        leftover.unlink()
-
-
 def _drop_closed_loop_callbacks() -> None:
   """After a failed read, TensorStore's completion callbacks of the other arrays fire into
   orbax's already-closed asyncio loop and each reports an unraisable "RuntimeError: Event
@@ -322,7 +257,7 @@ def quarantine(directory: str | os.PathLike, step: int, reason: BaseException | 
   while target.exists():
     target = directory / f"corrupt-{step}-{suffix}"
     suffix += 1
-  reason = reason if isinstance(reason, str) else _short_reason(reason)
+  reason = reason if isinstance(reason, str) else failures.short_reason(reason)
   if jax.process_index() == 0 and source.exists():
     os.replace(source, target)
   logging.warning("Checkpoint %s does not restore (%s); moved it to %s and fell back to the "
@@ -374,10 +309,10 @@ def latest_resumable_step(
   if not directory.exists():
     return None
   if jax.process_index() == 0:
-    remove_unfinished_saves(directory)
+    failures.remove_unfinished_saves(directory)
   for step in _steps(directory):
     try:
-      with _quiet_orbax(), Checkpointer(directory) as probe:
+      with failures.quiet_orbax(), Checkpointer(directory) as probe:
         meta = probe.read_meta(step)
       saved_config = meta["config"]
     except Exception as error:  # pylint: disable=broad-except  (any read failure: corrupt)
@@ -403,7 +338,7 @@ def restore_latest(directory: str | os.PathLike, target: Any
   if not directory.exists():
     return None
   for step in _steps(directory):
-    with _quiet_orbax(), Checkpointer(directory) as ckpt:
+    with failures.quiet_orbax(), Checkpointer(directory) as ckpt:
       try:
         state, meta = ckpt.restore(step, target)
         return state, meta, step

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -217,31 +216,52 @@ class TensorBoardWriter(MetricWriter):
     self._start = start_step
     self._per_model = per_model
     self._writers: dict[str, Any] = {}
-    _keep_event_thread_errors()
+    self._failed: BaseException | None = None  # the first failed write of any event file
 
-  def _check_threads(self) -> None:
-    """Raises the error that stopped a writer's background thread (else its queue fills
-    and the run hangs): a full disk as one DiskFullError."""
-    for name, writer in self._writers.items():
-      worker = getattr(getattr(getattr(writer, "file_writer", None), "event_writer", None),
-                       "_worker", None)
-      if worker is not None and not worker.is_alive():
-        error = getattr(worker, "vaejax_error", None) or RuntimeError(
-            "TensorBoard's event writer thread stopped")
-        path = self.logdir / name
-        if files.is_disk_full(error):
-          raise files.DiskFullError(path, files.free_bytes(path),
-                                    f"TensorBoard events in {path}") from None
-        raise error
+  def _raise_failure(self) -> None:
+    """Raises the first failed write of the event writers' background thread (a full disk
+    as one DiskFullError naming the event directory)."""
+    if self._failed is None:
+      return
+    error, self._failed = self._failed, None
+    if files.is_disk_full(error):
+      raise files.DiskFullError(self.logdir, files.free_bytes(self.logdir),
+                                f"TensorBoard events in {self.logdir}") from None
+    raise error
+
+  def _keep_failures(self, writer: Any) -> None:
+    """tensorboardX writes events in a background thread that a failed write (a full disk)
+    ends, after which its bounded queue fills and the run would hang. The thread's file
+    writes are wrapped so that a failure is kept (for :meth:`_raise_failure`, in the main
+    thread) and the thread goes on, dropping the events that no longer fit."""
+    events = getattr(getattr(writer._get_file_writer(), "event_writer", None), "_ev_writer",
+                     None)
+    if events is None:  # another tensorboardX layout: its thread reports failures itself
+      return
+    for method in ("write_event", "flush"):
+      original = getattr(events, method)
+
+      def guarded(*args, _original=original):
+        if self._failed is not None:
+          return None
+        try:
+          return _original(*args)
+        except Exception as error:  # pylint: disable=broad-except  (raised in the main thread)
+          self._failed = error
+          return None
+
+      setattr(events, method, guarded)
 
   def _writer(self, name: str):
-    self._check_threads()
+    self._raise_failure()
     if name not in self._writers:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       # purge_step makes TensorBoard discard the events (step >= purge_step) that a
       # killed run wrote past the step it resumes from.
-      self._writers[name] = SummaryWriter(str(self.logdir / name) if name else str(self.logdir),
-                                          purge_step=self._start + 1)
+      writer = SummaryWriter(str(self.logdir / name) if name else str(self.logdir),
+                             purge_step=self._start + 1)
+      self._keep_failures(writer)
+      self._writers[name] = writer
     return self._writers[name]
 
   def write_rows(self, step, rows):
@@ -265,33 +285,16 @@ class TensorBoardWriter(MetricWriter):
           writer.add_scalar(key, value, step)
 
   def flush(self):
-    self._check_threads()
     with files.raising_disk_full(self.logdir, f"TensorBoard events in {self.logdir}"):
       for writer in self._writers.values():
         writer.flush()
+    self._raise_failure()
 
   def close(self):
     with files.raising_disk_full(self.logdir, f"TensorBoard events in {self.logdir}"):
       for writer in self._writers.values():
         writer.close()
-
-
-def _keep_event_thread_errors() -> None:
-  """Keeps the error that ends a TensorBoard writer thread on the thread (for
-  :meth:`TensorBoardWriter._check_threads` to raise in the main thread) instead of
-  printing its traceback; other threads' errors reach the previous hook."""
-  previous = threading.excepthook
-  if getattr(previous, "_vaejax_event_threads", False):
-    return
-
-  def hook(args):
-    if type(args.thread).__name__ == "_EventLoggerThread":
-      args.thread.vaejax_error = args.exc_value
-      return
-    previous(args)
-
-  hook._vaejax_event_threads = True  # type: ignore[attr-defined]
-  threading.excepthook = hook
+    self._raise_failure()
 
 
 class ProgressWriter(MetricWriter):
