@@ -60,10 +60,10 @@ def reference(tmp_path_factory):
   return path
 
 
-def _resume_and_compare(workdir, reference, resumed_from):
+def _resume_and_compare(workdir, reference, resumed_from, config=None):
   assert checkpoint_steps(workdir)[-1] == resumed_from
   assert not list((workdir / checkpoint.CHECKPOINT_DIR).glob(f"*{checkpoint.TMP_SUFFIX}*"))
-  run(workdir)  # space freed: the same call
+  run(workdir, config)  # space freed: the same call
   assert rows(workdir) == rows(reference)
 
 
@@ -151,33 +151,49 @@ def test_a_checkpoint_whose_background_write_fails_stops_the_run_at_the_next_ste
   _resume_and_compare(tmp_path, reference, resumed_from=2)
 
 
-@pytest.mark.parametrize("name", ["reconstructions.png", loop.RESULTS_FILE, "results.md"])
-def test_a_figure_results_or_report_file_that_does_not_fit_stops_the_run(name, tmp_path,
-                                                                         monkeypatch):
-  """Figures (the end-of-run evaluator), a sweep's results.jsonl and its report."""
-  config = tiny_config()
-  config.evals.figures.at_end = name.endswith(".png")
-  config.evals.figures.gif_frames = 0
+def _full_when_writing(name, monkeypatch):
+  """Injects ENOSPC at the write layer for the file ``name`` (its bytes do not fit)."""
   real_point = faults.point
 
-  def point(where, key):  # the write layer: the bytes of ``name`` do not fit
+  def point(where, key):
     if where == "write" and key == name:
       raise NO_SPACE
     return real_point(where, key)
 
   monkeypatch.setattr(faults, "point", point)
+
+
+def test_a_figure_that_does_not_fit_stops_the_run(reference, tmp_path, monkeypatch):
+  """The end-of-run figures: the run stops with step 6 unsaved (its evaluation comes
+  before its checkpoint), so the rerun trains steps 5 and 6 again from checkpoint 4."""
+  config = tiny_config()
+  config.evals.figures.update(at_end=True, gif_frames=0)
+  _full_when_writing("reconstructions.png", monkeypatch)
   with pytest.raises(files.DiskFullError) as info:
-    loop.train(config, tmp_path, grid=["loss.beta=1,4"], dataset=tiny_dataset(),
-               progress=False)
-  assert_names_path_and_space(info.value, f"{os.sep}{name} (")
-  assert not list(tmp_path.rglob(f".{name}*"))  # no temporary file left
+    run(tmp_path, config)
+  assert_names_path_and_space(info.value, f"{os.sep}reconstructions.png (")
+  assert not list(tmp_path.rglob(".reconstructions.png*"))  # no temporary file left
   monkeypatch.undo()
-  result = loop.train(config, tmp_path, grid=["loss.beta=1,4"], dataset=tiny_dataset(),
+  _resume_and_compare(tmp_path, reference, resumed_from=4, config=config)
+  assert (tmp_path / "figures" / "reconstructions.png").exists()
+
+
+@pytest.mark.parametrize("name", [loop.RESULTS_FILE, "results.md"])
+def test_a_sweeps_results_or_report_that_does_not_fit_stops_it(name, tmp_path, monkeypatch):
+  def sweep():
+    return loop.train(tiny_config(), tmp_path, grid=["loss.beta=1,4"], dataset=tiny_dataset(),
                       progress=False)
-  assert [r["step"] for r in result.rows] == [6, 6]
-  assert (tmp_path / loop.REPORT_DIR / "results.md").exists()
-  if name.endswith(".png"):
-    assert (tmp_path / "models" / "m001" / "figures" / name).exists()
+
+  _full_when_writing(name, monkeypatch)
+  with pytest.raises(files.DiskFullError) as info:
+    sweep()
+  assert_names_path_and_space(info.value, f"{os.sep}{name} (")
+  assert not list(tmp_path.rglob(f".{name}*"))
+  trained = rows(tmp_path)
+  monkeypatch.undo()
+  result = sweep()  # every model is finished: only the results and report are written
+  assert rows(tmp_path) == trained
+  assert len(result.rows) == 2 and (tmp_path / loop.REPORT_DIR / "results.md").exists()
 
 
 # ----------------------------------------------------------------------------- a real tmpfs

@@ -168,11 +168,8 @@ def make_plan(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   group_plans = []
   for group in groups:
     directory = workdir if len(groups) == 1 else workdir / f"group_{group.index}"
-    try:
-      group_plans.append(_plan_group(group, run_points, workdir, directory, dataset, datasets,
-                                     eval_names))
-    except ValueError as error:
-      raise _group_error(group, run_points, error) from None
+    group_plans.append(_plan_group(group, run_points, workdir, directory, dataset, datasets,
+                                   eval_names))
   return Plan(config, config_lib.to_dict(config), workdir, run_points.points,
               [config_lib.to_dict(p) for p in run_points.points], run_points.stacked,
               group_plans)
@@ -210,11 +207,12 @@ def _point_error(point: Point, error: Exception) -> PointError:
 
 
 def _group_error(group: grid_lib.Group, run_points: _Points, error: ValueError) -> ValueError:
-  """``error`` of building one group, naming the grid values its points share (the values
-  that made the group: a model's shape, the data, ...); unchanged for a single run, an
-  error that names its point already, or one that no grid value explains."""
+  """``error`` of building one group's model, naming the grid values that set the group
+  apart (a model's shape: the points of a group share it, other groups differ); unchanged
+  for a single run or where no grid value sets the group apart."""
   points = [run_points.points[i] for i in group.models]
-  shared = {k: v for k, v in points[0].items() if all(p.get(k) == v for p in points)}
+  shared = {k: v for k, v in points[0].items() if all(p.get(k) == v for p in points)
+            and any(p.get(k) != v for p in run_points.points)}
   if not run_points.stacked or isinstance(error, PointError) or not shared:
     return error
   if len(points) == 1:
@@ -266,7 +264,10 @@ def _plan_group(group: grid_lib.Group, run_points: _Points, workdir: Path, direc
   """Builds and checks one group: model, data, hyper-parameters, placement, evaluators."""
   config = run_points.configs[group.models[0]]
   ds = dataset if dataset is not None else _load_dataset(config, datasets)
-  model = models_lib.create_model(config.model, tuple(ds.image_shape), ds.num_classes)
+  try:
+    model = models_lib.create_model(config.model, tuple(ds.image_shape), ds.num_classes)
+  except ValueError as error:  # a grid over the model's shape: name the bad point
+    raise _group_error(group, run_points, error) from None
   traits = model_traits(model)
   if traits.conditional and ds.num_classes is None:
     raise config_lib.ConfigError(
