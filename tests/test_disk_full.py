@@ -167,7 +167,7 @@ def test_a_figure_that_does_not_fit_stops_the_run(reference, tmp_path, monkeypat
   """The end-of-run figures: the run stops with step 6 unsaved (its evaluation comes
   before its checkpoint), so the rerun trains steps 5 and 6 again from checkpoint 4."""
   config = tiny_config()
-  config.evals.figures.update(at_end=True, gif_frames=0)
+  config.evals.figures.update(at_end=True, gif_frames=0, num_images=2, traversal_steps=2)
   _full_when_writing("reconstructions.png", monkeypatch)
   with pytest.raises(files.DiskFullError) as info:
     run(tmp_path, config)

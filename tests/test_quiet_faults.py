@@ -21,9 +21,10 @@ import pytest
 from experiments import cli
 from vaejax.evaluation.evaluators import EvaluationError
 from vaejax.training import checkpoint, loop
+from vaejax.training.plan import PointError
 
 from tiny import tiny_dataset
-from tiny_runs import run
+from tiny_runs import run, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,31 +105,41 @@ def test_only_the_tpu_probe_line_of_jax_is_dropped():
              for f in logging.getLogger("jax._src.xla_bridge").filters)
 
 
-def _one_error_line(*args):
-  """Runs an entry point; returns its only stderr line (it must have exactly one)."""
-  result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, check=False)
-  assert result.returncode == 1, result.stderr[-3000:]
-  lines = [line for line in result.stderr.splitlines() if line.strip()]
-  assert len(lines) == 1, result.stderr[-3000:]
-  return lines[0]
-
-
 def test_a_config_file_with_a_syntax_error_is_one_line_with_its_line(tmp_path):
   bad = tmp_path / "bad.py"
   bad.write_text("import ml_collections\n\ndef get_config(preset=''):\n"
                  "  config = ml_collections.ConfigDict(\n  return config\n")
-  line = _one_error_line("experiments.train", f"--config={bad}", f"--workdir={tmp_path}/w")
-  assert line == (f"error: the config file {bad} has a syntax error at line 4: '(' was never "
-                  "closed.")
+  result = subprocess.run([sys.executable, "-m", "experiments.train", f"--config={bad}",
+                           f"--workdir={tmp_path}/w"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip() == (f"error: the config file {bad} has a syntax error at line "
+                                   "4: '(' was never closed.")
   assert not (tmp_path / "w").exists()
 
 
-def test_a_bad_grid_point_is_named_by_its_values(tmp_path):
-  """The sweep reaches JAX (building the data and models), so this also checks that the
-  TPU probe line is gone: the error is the only line."""
-  line = _one_error_line("experiments.sweep",
-                         "--config=experiments/configs/betavae_dsprites.py:test",
-                         f"--workdir={tmp_path}/w", "--grid=model.latent_dim=0,2")
-  assert line == ("error: Sweep point model.latent_dim=0: latent_dim must be an int >= 1, "
-                  "got 0.")
+def test_a_config_file_that_fails_while_it_runs_is_one_line_with_its_line(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config(preset=''):\n  return undefined_name\n")
+  namespace = {}
+  exec(compile(bad.read_text(), str(bad), "exec"), namespace)  # noqa: S102  (a config file)
+  try:
+    namespace["get_config"]()
+  except NameError as error:
+    line = cli._config_file_error(error, str(bad))  # pylint: disable=protected-access
+  assert line == (f"the config file {bad} failed at line 2: NameError: name 'undefined_name' "
+                  "is not defined")
+
+
+def test_a_bad_grid_point_is_named_by_its_values(tmp_path, no_compiling):
+  """Each value of ``model.latent_dim`` builds a model of its own; the bad one is named."""
+  config = tiny_config()
+  with pytest.raises(PointError) as info:
+    loop.train(config, tmp_path / "w", grid=["model.latent_dim=0,2", "seed=0,1"],
+               dataset=tiny_dataset(), progress=False)
+  assert str(info.value) == ("Sweep points with model.latent_dim=0 (2 models): latent_dim "
+                             "must be an int >= 1, got 0.")
+  with pytest.raises(PointError, match=r"^Sweep point model.latent_dim=0: latent_dim must"):
+    loop.train(config, tmp_path / "w", grid=["model.latent_dim=2,0"], dataset=tiny_dataset(),
+               progress=False)
+  assert not (tmp_path / "w").exists()

@@ -149,8 +149,7 @@ def test_a_stop_while_figures_are_written_leaves_them_to_the_rerun(tmp_path, mon
   """SIGTERM arrives while the first figure file is written: the figures stop before the
   next file; the rerun writes them all and trains nothing."""
   config = tiny_config()
-  config.evals.figures.at_end = True
-  config.evals.figures.gif_frames = 0
+  config.evals.figures.update(at_end=True, gif_frames=0, num_images=2, traversal_steps=2)
   monkeypatch.setenv(faults.ENV, "sigterm:write@reconstructions.png")
   with pytest.raises(Interrupted) as info:
     run(tmp_path, config)
