@@ -15,7 +15,17 @@ checkpoint directory, :func:`vaejax.training.plan.with_resume_steps`) and
 :func:`restore_state` reads a checkpoint without a target (for inspecting a finished run).
 A checkpoint that fails to read (a truncated array file, garbage metadata, a missing item)
 is moved to ``checkpoints/corrupt-STEP/`` (never deleted, never in the way of a later
-save) with one warning naming it and why, and the next older one is used.
+save) with one warning naming it and why in a few words, and the next older one is used;
+orbax's own logs of the failed read (and TensorStore's callbacks into its closed event
+loop) are kept off the console, so that warning is the only line.
+
+A save that fails in orbax's background thread (a full disk) surfaces at the next
+:meth:`Checkpointer.check_save` (the loop calls it after every step) as one error naming
+the checkpoint and, for a full disk, the free space (:class:`vaejax.utils.files.DiskFullError`);
+the save's temporary directory is removed at once, and leftovers of saves a crash cut
+short are removed before a run reads its checkpoints
+(:func:`~vaejax.training.checkpoint_failures.remove_unfinished_saves`). How those failures
+read is :mod:`vaejax.training.checkpoint_failures`'s.
 
 A checkpoint that reads but holds a different train-state *layout* (written by another
 version of vaejax) is not corrupt and is never moved: if the only difference is fields
@@ -25,10 +35,11 @@ zero and one warning; any other difference is an error naming the fields.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +50,12 @@ from absl import logging
 from typing_extensions import Self
 
 from vaejax import config as config_lib
+from vaejax.training import checkpoint_failures as failures
+from vaejax.training.checkpoint_failures import (  # noqa: F401  (part of this interface)
+    TMP_SUFFIX,
+    remove_unfinished_saves,
+)
+from vaejax.utils import files
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -49,6 +66,10 @@ ADDED_FIELDS = ("grad_norm_skips",)
 
 class LayoutMismatch(ValueError):
   """A readable checkpoint whose train-state fields differ from the run's."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (for a reason other than a full disk)."""
 
 
 class Checkpointer:
@@ -65,7 +86,10 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3, async_save: bool = True):
     if max_to_keep < 2:
       raise ValueError(f"max_to_keep must be >= 2, got {max_to_keep}.")
+    _drop_closed_loop_callbacks()
+    failures.drop_orbax_error_logs()
     self.directory = Path(directory).resolve()
+    self._saving: int | None = None  # the step whose background save may still fail
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         create=True,
@@ -88,12 +112,47 @@ class Checkpointer:
     return dict(restored["meta"])
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Starts writing checkpoint ``step`` (returns before the write completes)."""
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=True,
-    )
+    """Starts writing checkpoint ``step`` (returns before the write completes).
+
+    Raises:
+      DiskFullError / CheckpointWriteError: this save, or the one before it (finished in
+        the background meanwhile), failed.
+    """
+    self.wait_until_finished()  # orbax would wait too; this way its failure reads well
+    self._saving = step
+    with self._failures_of(step):
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave(meta)),
+          force=True,
+      )
+
+  def check_save(self) -> None:
+    """Raises the failure of the last background save once it has ended (cheap: call it
+    after every step); returns at once while it runs or after it succeeded."""
+    if self._saving is not None and not self._manager.is_saving_in_progress():
+      self.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _failures_of(self, step: int) -> Iterator[None]:
+    """Turns a failed write of checkpoint ``step`` into one error (and removes its
+    temporary directory)."""
+    try:
+      yield
+    except Exception as error:  # pylint: disable=broad-except  (orbax, TensorStore, OS)
+      self._saving = None
+      failures.remove_unfinished_saves(self.directory, step)
+      good = [s for s in self.all_steps() if s != step]
+      note = (f"; the newest complete checkpoint is step {good[-1]}" if good else
+              "; no complete checkpoint was written yet")
+      where = self.directory / str(step)
+      if files.is_disk_full(error):
+        raise files.DiskFullError(self.directory, files.free_bytes(self.directory),
+                                  f"checkpoint {step} ({where})", note) from None
+      raise CheckpointWriteError(
+          f"Checkpoint {step} could not be written to {where} ({failures.short_reason(error)})"
+          f"{note}.") from None
 
   def restore(self, step: int, target: Any = None) -> tuple[Any, dict[str, Any]]:
     """Restores ``(state, meta)`` of checkpoint ``step`` into the structure of ``target``.
@@ -134,10 +193,21 @@ class Checkpointer:
     return ocp.tree.deserialize_tree(state, target), dict(restored["meta"])
 
   def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the background save; raises its failure as one error."""
+    if self._saving is None:
+      self._manager.wait_until_finished()
+      return
+    with self._failures_of(self._saving):
+      self._manager.wait_until_finished()
+    self._saving = None
 
   def close(self) -> None:
-    self._manager.close()
+    """Waits for the background save (raising its failure) and closes the manager."""
+    try:
+      self.wait_until_finished()
+    finally:
+      with contextlib.suppress(Exception):  # a failed save was reported just above
+        self._manager.close()
 
   def __enter__(self) -> Self:
     return self
@@ -187,7 +257,7 @@ def quarantine(directory: str | os.PathLike, step: int, reason: BaseException | 
   while target.exists():
     target = directory / f"corrupt-{step}-{suffix}"
     suffix += 1
-  reason = " ".join(str(reason).split())[:300] or type(reason).__name__
+  reason = reason if isinstance(reason, str) else failures.short_reason(reason)
   if jax.process_index() == 0 and source.exists():
     os.replace(source, target)
   logging.warning("Checkpoint %s does not restore (%s); moved it to %s and fell back to the "
@@ -231,14 +301,18 @@ def latest_resumable_step(
   """The newest checkpoint step in ``directory`` whose metadata reads (None if none), after
   checking that ``config`` (a plain dict) and the grid ``points`` may continue it.
 
-  Checkpoints whose metadata does not read are quarantined (:func:`quarantine`).
+  Checkpoints whose metadata does not read are quarantined (:func:`quarantine`); the
+  leftovers of saves that did not finish are removed first (call it holding the workdir
+  lock).
   """
   directory = Path(directory)
   if not directory.exists():
     return None
+  if jax.process_index() == 0:
+    failures.remove_unfinished_saves(directory)
   for step in _steps(directory):
     try:
-      with Checkpointer(directory) as probe:
+      with failures.quiet_orbax(), Checkpointer(directory) as probe:
         meta = probe.read_meta(step)
       saved_config = meta["config"]
     except Exception as error:  # pylint: disable=broad-except  (any read failure: corrupt)
@@ -264,7 +338,7 @@ def restore_latest(directory: str | os.PathLike, target: Any
   if not directory.exists():
     return None
   for step in _steps(directory):
-    with Checkpointer(directory) as ckpt:
+    with failures.quiet_orbax(), Checkpointer(directory) as ckpt:
       try:
         state, meta = ckpt.restore(step, target)
         return state, meta, step

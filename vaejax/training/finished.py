@@ -21,6 +21,7 @@ from vaejax import config as config_lib
 from vaejax.training import checkpoint as checkpoint_lib
 from vaejax.training import workdir as workdir_lib
 from vaejax.training.executor import Executor
+from vaejax.training.interrupt import StopRequested, StopSignals
 from vaejax.training.plan import Plan, Point, checkpoint_dirs, make_plan, with_resume_steps
 from vaejax.training.resume import restore_or_init
 from vaejax.evaluation.evaluators import StackView
@@ -82,14 +83,22 @@ def evaluate_workdir(workdir: str | os.PathLike, names: Sequence[str], *,
   Returns:
     One dict per model: ``model``, ``point``, ``step`` and every evaluator's results
     (unprefixed keys, nested under the evaluator's name).
+
+  Raises:
+    StopRequested: a SIGTERM/SIGINT stopped it between two units of work (the result
+      files written are complete; running it again redoes the rest).
   """
   workdir = workdir_lib.check_workdir(workdir, create=False)
   config = load_config(workdir)
   _apply_overrides(config, overrides)
-  with workdir_lib.WorkdirLock(workdir, f"evaluation ({', '.join(names)})"):
+  what = f"evaluation ({', '.join(names)})"
+  with workdir_lib.WorkdirLock(workdir, what), StopSignals():
     points = _saved_points(workdir)
     run = make_plan(config, workdir, points=points, dataset=dataset, eval_names=names)
-    return _evaluate_groups(with_resume_steps(run, every_layout=False))
+    try:
+      return _evaluate_groups(with_resume_steps(run, every_layout=False))
+    except StopRequested as stop:  # each result file is written whole or not at all
+      raise StopRequested(stop.signum, f"the {what}") from None
 
 
 def _evaluate_groups(run: Plan) -> list[dict[str, Any]]:

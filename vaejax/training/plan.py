@@ -198,8 +198,27 @@ def with_resume_steps(run: Plan, *, every_layout: bool = True) -> Plan:
 # ----------------------------------------------------------------------------- points
 
 
-def _point_error(point: Point, error: Exception) -> config_lib.ConfigError:
-  return config_lib.ConfigError(f"Sweep point {grid_lib.point_label(point)}: {error}")
+class PointError(config_lib.ConfigError):
+  """A bad value of one grid point (or of the points of one group), named by its values."""
+
+
+def _point_error(point: Point, error: Exception) -> PointError:
+  return PointError(f"Sweep point {grid_lib.point_label(point)}: {error}")
+
+
+def _group_error(group: grid_lib.Group, run_points: _Points, error: ValueError) -> ValueError:
+  """``error`` of building one group's model, naming the grid values that set the group
+  apart (a model's shape: the points of a group share it, other groups differ); unchanged
+  for a single run or where no grid value sets the group apart."""
+  points = [run_points.points[i] for i in group.models]
+  shared = {k: v for k, v in points[0].items() if all(p.get(k) == v for p in points)
+            and any(p.get(k) != v for p in run_points.points)}
+  if not run_points.stacked or isinstance(error, PointError) or not shared:
+    return error
+  if len(points) == 1:
+    return _point_error(points[0], error)
+  return PointError(f"Sweep points with {grid_lib.point_label(shared)} ({len(points)} models): "
+                    f"{error}")
 
 
 def _points(config: ml_collections.ConfigDict, grid: Sequence[str] | None,
@@ -245,7 +264,10 @@ def _plan_group(group: grid_lib.Group, run_points: _Points, workdir: Path, direc
   """Builds and checks one group: model, data, hyper-parameters, placement, evaluators."""
   config = run_points.configs[group.models[0]]
   ds = dataset if dataset is not None else _load_dataset(config, datasets)
-  model = models_lib.create_model(config.model, tuple(ds.image_shape), ds.num_classes)
+  try:
+    model = models_lib.create_model(config.model, tuple(ds.image_shape), ds.num_classes)
+  except ValueError as error:  # a grid over the model's shape: name the bad point
+    raise _group_error(group, run_points, error) from None
   traits = model_traits(model)
   if traits.conditional and ds.num_classes is None:
     raise config_lib.ConfigError(
