@@ -30,7 +30,8 @@ from tiny import IMAGE_SHAPE, tiny_dataset
 import vaejax
 from vaejax import config as config_lib
 from vaejax import data, objectives
-from vaejax.training import checkpoint, loop, plan, resume, workdir as workdir_lib
+from vaejax.training import checkpoint, loop, plan, resume, trained
+from vaejax.training import workdir as workdir_lib
 from vaejax.training.state import abstract_stack
 from vaejax.utils.files import atomic_write_json
 
@@ -269,8 +270,12 @@ def test_elbo_and_iwae_estimate_the_reference_bound(single, dataset):
   log_w = log_px + np.sum(-0.5 * z**2 + 0.5 * eps**2 + 0.5 * log_var, axis=1)
   reference = np.mean(log_px) - kl  # the ELBO; E[log w] is the same number
   elbo_spread, w_spread = (np.std(v) / math.sqrt(4096) for v in (log_px, log_w))
+  compiled = trained._elbo._cache_size()
   elbo = run.elbo(x, jax.random.key(1))
   assert elbo.shape == (4096,) and np.ptp(elbo) > 0  # each row draws its own z
+  # Compiled once per model and shape, shared by every Run of the architecture.
+  vaejax.load_run(single, dataset=dataset).elbo(x, jax.random.key(9))
+  assert trained._elbo._cache_size() <= compiled + 1
   assert np.mean(elbo) == pytest.approx(reference, abs=6 * elbo_spread)
   assert np.mean(run.iwae(x, 1, jax.random.key(2))) == pytest.approx(reference,
                                                                      abs=6 * w_spread)
@@ -494,3 +499,16 @@ def test_load_runs_docstring_examples_run():
   failures, tried = doctest.testmod(runs, optionflags=doctest.ELLIPSIS
                                     | doctest.NORMALIZE_WHITESPACE)
   assert tried > 10 and failures == 0
+
+
+@pytest.mark.slow
+def test_a_model_of_a_sweep_split_into_groups_is_read_from_its_groups_checkpoints(tmp_path,
+                                                                                  dataset):
+  """``model.latent_dim`` does not stack: two groups, ``group_0/`` and ``group_1/``."""
+  loop.train(tiny_config(), tmp_path, grid=["model.latent_dim=2,3"], dataset=dataset,
+             progress=False, write_report=False)
+  run = vaejax.load_run(tmp_path, point={"model.latent_dim": 3}, dataset=dataset)
+  assert (run.index, run.latent_dim, run.source.parent) == (
+      1, 3, tmp_path / "group_1" / "checkpoints")
+  assert held_out_elbo(run, dataset, seed=0) == pytest.approx(
+      logged_eval_elbo(tmp_path, model=1)[1], rel=ELBO_RTOL)

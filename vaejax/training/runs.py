@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import ml_collections
 from absl import logging
 
 from vaejax.sweeps import grid as grid_lib
@@ -111,9 +112,9 @@ def load_run(workdir: str | os.PathLike, *, model: int | None = None,
   position = list(group.meta.get("models", range(len(points)))).index(index)
   params = jax.device_get(jax.tree.map(lambda leaf: leaf[position], state["models"]["params"]))
   run_config = grid_lib.apply_point(config, points[index]) if points[index] else config
-  return Run(workdir=workdir, config=run_config, params=params, point=points[index],
-             step=chosen, index=index, num_models=len(points), given_dataset=dataset,
-             source=group.directory / str(chosen))
+  return Run(workdir=workdir, config=ml_collections.FrozenConfigDict(run_config),
+             params=params, point=points[index], step=chosen, index=index,
+             num_models=len(points), given_dataset=dataset, source=group.directory / str(chosen))
 
 
 class _Group(NamedTuple):
@@ -186,21 +187,21 @@ def _pick(points: list[dict[str, Any]], model: Any, point: Any, where: Path) -> 
       raise ValueError(f"model={model} is out of range: the run in {where} has {n} model(s), "
                        f"0 to {n - 1}.")
     return model
-  if point is None:
+  if point is not None and not isinstance(point, Mapping):
+    raise ValueError(f"point={point!r} must be a dict of grid values, e.g. "
+                     "{'loss.beta': 4.0, 'seed': 1}.")
+  if not point:  # None or {}: only a single run needs no pick
     if n == 1:
       return 0
     raise ValueError(f"{where} is a sweep of {n} models: pick one with model=0..{n - 1} or "
                      f"point={{...}}; its points are {_listed(points)}.")
-  if not isinstance(point, Mapping):
-    raise ValueError(f"point={point!r} must be a dict of grid values, e.g. "
-                     "{'loss.beta': 4.0, 'seed': 1}.")
   keys = sorted(set().union(*points))
   unknown = sorted(set(point) - set(keys))
   if unknown:
     grid = f"its grid keys are {keys}" if keys else "it is a single run, with no grid"
     raise ValueError(f"point key(s) {unknown} are not grid keys of {where}: {grid}.")
   matches = [i for i, p in enumerate(points)
-             if all(_plain(p[k]) == _plain(v) for k, v in point.items())]
+             if all(_plain(p.get(k)) == _plain(v) for k, v in point.items())]
   if not matches:
     raise ValueError(f"No model of {where} has point {_label(point)}; its points are "
                      f"{_listed(points)}.")

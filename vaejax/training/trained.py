@@ -81,7 +81,8 @@ class Run:
 
   Attributes:
     workdir: the run's directory.
-    config: the model's training config: the run's, with its grid point applied.
+    config: the model's training config: the run's, with its grid point applied (frozen:
+      ``ml_collections.ConfigDict(run.config)`` is an editable copy).
     params: its parameters (host numpy arrays).
     point: its grid values (``{}`` for a single run).
     step: the step of the checkpoint it was read from.
@@ -92,7 +93,7 @@ class Run:
   """
 
   workdir: Path
-  config: ml_collections.ConfigDict
+  config: ml_collections.FrozenConfigDict
   params: Any
   point: dict[str, Any]
   step: int
