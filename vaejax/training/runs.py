@@ -86,7 +86,7 @@ def load_run(workdir: str | os.PathLike, *, model: int | None = None,
     model: the model's index in a sweep (its ``model`` in ``metrics.jsonl``); a single run
       needs neither this nor ``point``.
     point: grid values picking one model of a sweep, e.g. ``{"loss.beta": 4.0, "seed": 1}``;
-      keys a sweep varies that pick one model together may be left out.
+      grid keys may be left out as long as the others pick one model.
     step: a saved step to load (default: the newest complete checkpoint).
     dataset: the dataset object the run was trained on, when ``config.data`` cannot load
       it (a dataset passed to ``loop.train``); default: ``vaejax.data.load(config.data)``

@@ -170,9 +170,9 @@ class Run:
     """:math:`p(x \\mid z[, y])` of codes ``z`` ``(B, d)``: its parameters and its mean."""
     z = self._codes(z)
     labels = self._labels(labels, z.shape[0])
-    params = codec.decode(self.model, self._device_params, z, labels)
-    return Decoded(jax.device_get(params),
-                   np.asarray(distributions.likelihood_mean(params)))
+    likelihood_params = codec.decode(self.model, self._device_params, z, labels)
+    return Decoded(jax.device_get(likelihood_params),
+                   np.asarray(distributions.likelihood_mean(likelihood_params)))
 
   def reconstruct(self, x: Any, labels: Any = None) -> np.ndarray:
     """The decoder mean at the posterior mean, ``(B, ...)`` like ``x``."""
