@@ -22,7 +22,7 @@ exactly as training builds it (:func:`vaejax.training.plan.build_model`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,6 +41,7 @@ from vaejax.utils.checks import check_int
 __all__ = ["Run", "load_run"]
 
 _MAX_LISTED = 12  # points named in one error message
+_ATTEMPTS = 20  # reads of the newest checkpoint while a training process replaces it
 
 
 def load_run(workdir: str | os.PathLike, *, model: int | None = None,
@@ -140,13 +141,9 @@ def _saved_groups(workdir: Path) -> list[_Group]:
   """Every checkpoint directory with a complete checkpoint whose metadata reads."""
   groups = []
   for directory in checkpoint_dirs(workdir):
-    steps = checkpoint_lib.complete_steps(directory)
-    for step in steps:  # the newest whose metadata reads (a save may delete an old one)
-      try:
-        groups.append(_Group(directory, steps, checkpoint_lib.read_meta(directory, step)))
-        break
-      except Exception:  # pylint: disable=broad-except  (try the next older)
-        continue
+    found = _newest(directory, checkpoint_lib.read_meta)
+    if found is not None:
+      groups.append(_Group(directory, checkpoint_lib.complete_steps(directory), found[1]))
   if not groups:
     raise FileNotFoundError(
         f"No complete checkpoint under {workdir}: train the run first (a first checkpoint "
@@ -227,32 +224,50 @@ def _group_of(groups: list[_Group], index: int, points: list[dict[str, Any]],
 # ----------------------------------------------------------------------------- reading
 
 
+def _newest(directory: Path, read: Callable[[Path, int], Any]) -> tuple[int, Any] | None:
+  """``(step, read(directory, step))`` of the newest complete checkpoint that reads; None
+  when there is none.
+
+  Every attempt lists the checkpoints afresh: a process training in the workdir meanwhile
+  saves newer ones and deletes older ones, so a read that failed while a newer checkpoint
+  appeared is retried on the newest. One that fails while it is still the newest is
+  unreadable: reported, left in place, and the next older one is read.
+  """
+  unreadable: set[int] = set()
+  for _ in range(_ATTEMPTS):
+    steps = [s for s in checkpoint_lib.complete_steps(directory) if s not in unreadable]
+    if not steps:
+      return None
+    try:
+      return steps[0], read(directory, steps[0])
+    except Exception as error:  # pylint: disable=broad-except  (classified below)
+      failure = error
+    now = [s for s in checkpoint_lib.complete_steps(directory) if s not in unreadable]
+    if now and now[0] == steps[0]:  # not superseded (so not deleted for being old): broken
+      unreadable.add(steps[0])
+      logging.warning("Checkpoint %s does not read (%s); loading the next older one.",
+                      directory / str(steps[0]), " ".join(str(failure).split())[:300])
+  raise FileNotFoundError(f"No checkpoint in {directory} read in {_ATTEMPTS} attempts (the "
+                          f"last error: {' '.join(str(failure).split())[:300]}).")
+
+
 def _read_state(group: _Group, step: int | None) -> tuple[int, Any]:
-  """``(step, stored state)`` of ``step``, or of the newest complete checkpoint that reads
-  (an older one when the newest does not: deleted by a training process after a newer
-  save, or unreadable, which is reported and left in place)."""
-  if step is not None:
+  """``(step, stored state)`` of ``step``, else of the newest complete checkpoint that
+  reads (:func:`_newest`)."""
+  if step is None:
+    found = _newest(group.directory,
+                    lambda directory, s: checkpoint_lib.read_checkpoint(directory, s)[0])
+    if found is None:
+      raise FileNotFoundError(f"No complete checkpoint in {group.directory} any more.")
+    step, state = found
+  else:
     check_int(step, "step", minimum=0)
     if step not in group.steps:
       raise ValueError(f"No complete checkpoint at step {step} in {group.directory}; its "
                        f"steps are {', '.join(map(str, sorted(group.steps)))}.")
     state, _ = checkpoint_lib.read_checkpoint(group.directory, step)
-    _check_layout(state, group.directory / str(step))
-    return step, state
-  failure = None
-  for candidate in group.steps:
-    try:
-      state, _ = checkpoint_lib.read_checkpoint(group.directory, candidate)
-    except Exception as error:  # pylint: disable=broad-except  (try the next older)
-      failure = error
-      if (group.directory / str(candidate)).exists():
-        logging.warning("Checkpoint %s does not read (%s); loading the next older one.",
-                        group.directory / str(candidate), " ".join(str(error).split())[:300])
-      continue
-    _check_layout(state, group.directory / str(candidate))
-    return candidate, state
-  raise FileNotFoundError(f"No checkpoint in {group.directory} reads (the last error: "
-                          f"{' '.join(str(failure).split())[:300]}).")
+  _check_layout(state, group.directory / str(step))
+  return step, state
 
 
 def _fields(cls: Any) -> set[str]:
