@@ -3,8 +3,9 @@
 :func:`load_config` reads ``config.json``; :func:`evaluate_workdir` (the library side of
 ``experiments.evaluate`` and ``experiments.train --figures_only``) rebuilds the run's plan
 from that config and the grid points its checkpoints record, restores each group's newest
-checkpoint (:func:`vaejax.training.resume.restore_or_init`, the loop's restore path) and
-runs the named evaluators on the same held-out data and keys as during training.
+checkpoint (:func:`vaejax.training.resume.restore_or_init`, the loop's restore path, which
+reads through :func:`vaejax.training.checkpoint.read_checkpoint` as :func:`vaejax.load_run`
+does) and runs the named evaluators on the same held-out data and keys as during training.
 """
 
 from __future__ import annotations
@@ -41,13 +42,11 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def _saved_points(workdir: Path) -> list[Point]:
-  """The grid points of a finished run, from its checkpoints' metadata (call it holding the
-  workdir lock: orbax's manager tidies a running save's temporary files when it opens)."""
+  """The grid points of a finished run, from its newest checkpoint's metadata (read-only)."""
   for ckpt_dir in checkpoint_dirs(workdir):
-    with checkpoint_lib.Checkpointer(ckpt_dir) as ckpt:
-      latest = ckpt.latest_step()
-      if latest is not None:
-        return ckpt.read_meta(latest).get("points", [{}])
+    steps = checkpoint_lib.complete_steps(ckpt_dir)
+    if steps:
+      return checkpoint_lib.read_meta(ckpt_dir, steps[0]).get("points", [{}])
   raise FileNotFoundError(f"No checkpoints under {workdir}: train the run first.")
 
 

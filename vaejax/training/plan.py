@@ -61,6 +61,23 @@ def model_traits(model: Any) -> ModelTraits:
                      latent_dim=getattr(model, "latent_dim", None))
 
 
+def build_model(config: Any, dataset: Any) -> tuple[Any, ModelTraits]:
+  """The model ``config`` trains on ``dataset`` (built from what the dataset describes: its
+  example shape and classes) and its traits: planning a run and :func:`vaejax.load_run`
+  both build a run's model here.
+
+  Raises:
+    ConfigError: a conditional model on a dataset without labels.
+  """
+  model = models_lib.create_model(config.model, tuple(dataset.image_shape),
+                                  dataset.num_classes)
+  traits = model_traits(model)
+  if traits.conditional and dataset.num_classes is None:
+    raise config_lib.ConfigError(f"Model {config.model.name!r} is conditional but dataset "
+                                 f"{dataset.name!r} has no labels.")
+  return model, traits
+
+
 class GroupPlan(NamedTuple):
   """One program's models and everything built for them before compiling."""
 
@@ -265,13 +282,11 @@ def _plan_group(group: grid_lib.Group, run_points: _Points, workdir: Path, direc
   config = run_points.configs[group.models[0]]
   ds = dataset if dataset is not None else _load_dataset(config, datasets)
   try:
-    model = models_lib.create_model(config.model, tuple(ds.image_shape), ds.num_classes)
+    model, traits = build_model(config, ds)
+  except config_lib.ConfigError:
+    raise
   except ValueError as error:  # a grid over the model's shape: name the bad point
     raise _group_error(group, run_points, error) from None
-  traits = model_traits(model)
-  if traits.conditional and ds.num_classes is None:
-    raise config_lib.ConfigError(
-        f"Model {config.model.name!r} is conditional but dataset {ds.name!r} has no labels.")
   free_bits_groups = _free_bits_groups(config, traits)
   importance = step_lib.importance_from_config(config)
   for i in group.models:  # K, the estimator and M are static: one per group
