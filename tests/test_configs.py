@@ -31,6 +31,8 @@ from experiments.configs import (  # noqa: E402
     vae_mnist,
 )
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 # Every config file of experiments/configs/ (common.py holds helpers, not a config).
 CONFIGS = {name: importlib.import_module(f"experiments.configs.{name}")
            for _, name, _ in pkgutil.iter_modules(configs_pkg.__path__) if name != "common"}

@@ -10,6 +10,8 @@ import pytest
 
 from vaejax.data import base, dsprites  # the README's import of the dSprites module
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 DATA = Path(__file__).resolve().parents[1] / "vaejax" / "data"
 
 # The public names of each module as they were before the package split (commit a13f8c8),

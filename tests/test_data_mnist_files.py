@@ -17,6 +17,8 @@ import pytest
 from vaejax import data
 from vaejax.data.mnist import amat, idx
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 IDX_SIZES = {"train": 12, "test": 5}
 AMAT_SIZES = {"train": 6, "validation": 3, "test": 4}
 AMAT_NAMES = {"train": "binarized_mnist_train.amat", "validation": "binarized_mnist_valid.amat",

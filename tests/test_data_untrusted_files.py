@@ -21,6 +21,8 @@ from vaejax import data
 from vaejax.data import dsprites
 from vaejax.data.mnist import amat, idx
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 
 class OpensAFile:
   """Unpickling it calls ``open(marker, "w")``: the issue's payload (harmless here)."""

@@ -20,6 +20,8 @@ import pytest
 
 from experiments.benchmarks import device_suite as suite
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -26,6 +26,8 @@ from vaejax.utils import faults, files
 from tiny import tiny_dataset
 from tiny_runs import rows, run, tiny_config
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 REPO = Path(__file__).resolve().parents[1]
 NO_SPACE = OSError(errno.ENOSPC, "No space left on device")
 

@@ -17,6 +17,8 @@ from vaejax import config as config_lib
 from vaejax.sweeps import grid
 from vaejax.training import loop
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 # The keys the train step takes as traced per-model numbers (written out, not imported).
 STACKABLE_KEYS = ("seed", "learning_rate", "optimizer.warmup_steps", "loss.beta",
                   "loss.free_bits", "loss.warmup_steps", "loss.cycle_steps",

@@ -15,6 +15,8 @@ from vaejax import config as config_lib
 from vaejax import data
 from vaejax.training import checkpoint, loop, writers
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 IMAGE_SHAPE = (6, 6, 1)
 
 

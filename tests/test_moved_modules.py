@@ -8,6 +8,8 @@ import pytest
 
 from vaejax.figures import animation, grids, model_figures
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 # Every public name the old modules defined (read from them before the move).
 OLD_PLOTTING = {
     grids: ("Figure", "tile_images", "plot_reconstructions", "plot_samples", "plot_traversals",

@@ -25,6 +25,9 @@ import pytest
 from vaejax.training import checkpoint, writers
 from vaejax.utils import faults
 
+# Several JAX processes per test (~4 min in all on 2 cores): CI's slow stage.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--config=experiments/configs/betavae_dsprites.py:test",
         "--config.model.name=mlp_vae", "--config.model.hidden_sizes=(16,)",

@@ -19,6 +19,8 @@ from vaejax.training import checkpoint, finished, loop, periodic, plan, step, st
 
 from tiny import tiny_dataset
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 
 def tiny_config():
   config = config_lib.base_config()

@@ -10,6 +10,8 @@ import pytest
 from vaejax import distributions, models
 from vaejax.figures import grids, model_figures
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 
 def _shown(fig) -> np.ndarray:
   """The array drawn by the figure's image axis."""

@@ -8,6 +8,8 @@ import pytest
 from vaejax.training import writers
 from vaejax.utils import progress
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 
 @pytest.fixture
 def log_lines(caplog):

@@ -26,6 +26,8 @@ from vaejax.training.plan import PointError
 from tiny import tiny_dataset
 from tiny_runs import run, tiny_config
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 REPO = Path(__file__).resolve().parents[1]
 
 

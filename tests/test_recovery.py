@@ -34,6 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from experiments.configs import betavae_dsprites  # noqa: E402
 
+pytestmark = pytest.mark.isa_independent  # one program equal to itself: holds on any ISA
+
 OVERRIDES = {"model.name": "mlp_vae", "model.hidden_sizes": (16,), "model.latent_dim": 3,
              "num_steps": 6, "checkpoint_every": 2, "log_every": 1, "evals.elbo.every": 3,
              "evals.figures.at_end": False}
@@ -253,6 +255,7 @@ def test_sigterm_checkpoints_the_step_and_the_same_run_resumes_exactly(reference
   assert_same_run(tmp_path, reference)
 
 
+@pytest.mark.slow  # a run killed at each fixed point (~90 s of subprocesses)
 def test_kills_at_fixed_points_lose_nothing(reference, tmp_path):
   """SIGKILL after step 3, while checkpoint 4 is written, during the evaluation of step 6;
   then the same command finishes the run."""
@@ -263,6 +266,7 @@ def test_kills_at_fixed_points_lose_nothing(reference, tmp_path):
   assert_same_run(tmp_path, reference)
 
 
+@pytest.mark.slow  # two CLI processes (~20 s)
 def test_sigterm_from_the_command_line_exits_143_with_one_line(tmp_path):
   proc = cli(tmp_path, "sigterm:step@2")
   assert proc.returncode == 143, proc.stderr[-2000:]

@@ -23,6 +23,8 @@ from vaejax.sweeps import report
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for experiments.configs
 from experiments.configs import betavae_dsprites, vae_mnist
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 LABEL = "REDUCED BUDGET: a test label"
 NAN = math.nan
 

@@ -168,6 +168,7 @@ def test_model_3_of_a_sweep_picked_by_its_point_scores_its_logged_elbo(sweep, da
   assert snapshot(sweep) == before
 
 
+@pytest.mark.slow  # a training subprocess (~20 s)
 def test_it_loads_while_another_process_trains_in_the_workdir(tmp_path, monkeypatch,
                                                               read_only):
   """A training subprocess writes a checkpoint every 20 steps (and deletes all but the

@@ -31,6 +31,8 @@ from vaejax.utils.progress import track
 from tiny import tiny_dataset
 from tiny_runs import rows, run, tiny_config
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 REPO = Path(__file__).resolve().parents[1]
 
 

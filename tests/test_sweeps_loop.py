@@ -17,6 +17,8 @@ from vaejax.training import checkpoint, loop, writers
 
 from tiny import tiny_dataset
 
+pytestmark = pytest.mark.isa_independent  # nothing here depends on XLA's float code
+
 # Two hidden sizes (a key that does not stack: two programs, run one after another in one
 # workdir) × two β values (stacked within each program).
 GRID = ["model.hidden_sizes=(16,),(8,)", "loss.beta=0.5,4"]
