@@ -19,7 +19,6 @@ are unchanged by every mode.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -128,7 +127,7 @@ def _binarize_stored(arrays: SplitArrays, mode: str, rng: np.random.Generator) -
   return dataclasses.replace(arrays, images=out, max_value=1.0, binary=True)
 
 
-class ArrayDataset(base.Dataset):
+class ArrayDataset(base.EpochOrder, base.Dataset):
   """A finite dataset of in-memory (or lazily read) arrays, one set per split.
 
   >>> images = np.arange(4 * 2 * 2, dtype=np.uint8).reshape(4, 2, 2)
@@ -159,7 +158,6 @@ class ArrayDataset(base.Dataset):
         arrays = _binarize_stored(
             arrays, binarize, base.host_rng(binarize_seed, "static_binarize", split))
       self._arrays[split] = arrays
-    self._perm_cache: collections.OrderedDict = collections.OrderedDict()
 
   def _check(self, split: str, arrays: SplitArrays) -> None:
     images, n = arrays.images, len(arrays)
@@ -186,27 +184,13 @@ class ArrayDataset(base.Dataset):
             f"{self.name}/{split}: image values span [{lo}, {hi}], expected "
             f"[0, {arrays.max_value}] with no NaN.")
 
-  def num_examples(self, split: str) -> int:
-    return len(self._arrays[self.check_split(split)])
-
   def arrays(self, split: str) -> SplitArrays:
     """The stored arrays of ``split`` (after static binarisation)."""
     return self._arrays[self.check_split(split)]
 
-  def permutation(self, split: str, seed: int, epoch: int) -> np.ndarray:
-    """The example order of ``epoch`` for a run with ``seed`` (cached)."""
-    key = (split, seed, epoch)
-    if key not in self._perm_cache:
-      rng = base.host_rng(seed, "permutation", split, epoch)
-      self._perm_cache[key] = rng.permutation(self.num_examples(split))
-      while len(self._perm_cache) > 4:
-        self._perm_cache.popitem(last=False)
-    return self._perm_cache[key]
-
   def _get_batch(self, split: str, step: int, batch_size: int, seed: int) -> base.Batch:
     arrays = self._arrays[split]
-    epoch, offset = divmod(step, len(arrays) // batch_size)
-    idx = self.permutation(split, seed, epoch)[offset * batch_size:(offset + 1) * batch_size]
+    idx = self.batch_indices(split, step, batch_size, seed)
     image = take(arrays.images, idx).astype(np.float32)
     if arrays.max_value != 1:
       image /= np.float32(arrays.max_value)

@@ -18,6 +18,7 @@ counter) gets its own independent stream, none is ever reused.
 from __future__ import annotations
 
 import abc
+import collections
 import types
 import zlib
 from collections.abc import Callable, Mapping
@@ -188,6 +189,35 @@ class Dataset(abc.ABC):
     sizes = {s: self.num_examples(s) for s in self.splits}
     return f"<{type(self).__name__} {self.name!r} image_shape={self.image_shape} splits={sizes}>"
 
+
+
+class EpochOrder:
+  """Finite splits read in one permutation per epoch, drawn from (seed, split, epoch), the
+  remainder dropped: the order every finite dataset shares (a mixin of :class:`Dataset`
+  for subclasses that hold their splits in ``_arrays``, split → arrays with a length)."""
+
+  PERMUTATIONS_KEPT = 4  # the permutations cached: the current epoch's and a few before
+
+  _arrays: Mapping[str, Any]
+
+  def num_examples(self, split: str) -> int:
+    return len(self._arrays[self.check_split(split)])  # type: ignore[attr-defined]
+
+  def permutation(self, split: str, seed: int, epoch: int) -> np.ndarray:
+    """The example order of ``epoch`` for a run with ``seed`` (cached)."""
+    cache = self.__dict__.setdefault("_permutations", collections.OrderedDict())
+    key = (split, seed, epoch)
+    if key not in cache:
+      cache[key] = host_rng(seed, "permutation", split, epoch).permutation(
+          self.num_examples(split))
+      while len(cache) > self.PERMUTATIONS_KEPT:
+        cache.popitem(last=False)
+    return cache[key]
+
+  def batch_indices(self, split: str, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """The rows of ``split`` in the batch of ``step``: epoch ``step // (N // batch_size)``."""
+    epoch, offset = divmod(step, len(self._arrays[split]) // batch_size)
+    return self.permutation(split, seed, epoch)[offset * batch_size:(offset + 1) * batch_size]
 
 class BatchIterator:
   """Iterates ``dataset.get_batch(split, step, ...)`` for step = start, start + 1, ...

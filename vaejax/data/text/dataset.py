@@ -17,7 +17,6 @@ sentence of any split.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -75,7 +74,7 @@ class TokenArrays:
     return int(self.tokens.shape[0])
 
 
-class TextDataset(base.Dataset):
+class TextDataset(base.EpochOrder, base.Dataset):
   """A finite dataset of token sequences (module docstring).
 
   Attributes:
@@ -108,7 +107,6 @@ class TextDataset(base.Dataset):
         max_length, "max_length", minimum=2)
     self.blank_lines = {s.source: s.blank_lines for s in splits.values()}
     self._arrays = {split: self._encode(split, s) for split, s in splits.items()}
-    self._perm_cache: collections.OrderedDict = collections.OrderedDict()
     logging.info("%s: vocabulary of %d ids, max_length %d; sentences per split %s; blank "
                  "lines skipped %s; %d training sentence(s) longer than max_length dropped.",
                  name, len(self.vocabulary), self.max_length,
@@ -143,27 +141,13 @@ class TextDataset(base.Dataset):
   def spec(self) -> DataSpec:
     return DataSpec.tokens(len(self.vocabulary), self.max_length)
 
-  def num_examples(self, split: str) -> int:
-    return len(self._arrays[self.check_split(split)])
-
   def arrays(self, split: str) -> TokenArrays:
     """The encoded sentences of ``split``, in file order (for evaluation over all of it)."""
     return self._arrays[self.check_split(split)]
 
-  def permutation(self, split: str, seed: int, epoch: int) -> np.ndarray:
-    """The sentence order of ``epoch`` for a run with ``seed``: the image datasets' draw."""
-    key = (split, seed, epoch)
-    if key not in self._perm_cache:
-      rng = base.host_rng(seed, "permutation", split, epoch)
-      self._perm_cache[key] = rng.permutation(self.num_examples(split))
-      while len(self._perm_cache) > 4:
-        self._perm_cache.popitem(last=False)
-    return self._perm_cache[key]
-
   def _get_batch(self, split: str, step: int, batch_size: int, seed: int) -> base.Batch:
     arrays = self._arrays[split]
-    epoch, offset = divmod(step, len(arrays) // batch_size)
-    idx = self.permutation(split, seed, epoch)[offset * batch_size:(offset + 1) * batch_size]
+    idx = self.batch_indices(split, step, batch_size, seed)
     return {"tokens": arrays.tokens[idx], "length": arrays.lengths[idx]}
 
   def __repr__(self) -> str:
