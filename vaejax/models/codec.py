@@ -12,7 +12,9 @@ usable inside ``jax.jit`` / ``jax.vmap`` (an evaluator maps them over a stack of
   (the sigmoid of the logits; the Gaussian mean): what figures show;
 * :func:`prior_samples`: decoder means of :math:`z \sim p(z)` (ancestral, level by level,
   for the hierarchical models);
-* :func:`is_conditional`: whether the model needs labels.
+* :func:`is_conditional`: whether the model needs labels;
+* :func:`data_key`: the batch entry a model reads (``"image"``, or ``"tokens"`` for the
+  token-sequence models of :mod:`vaejax.models.sequence`).
 
 Hierarchical models (``hvae``, ``deep_hvae``) encode to the posterior of every level with
 the upper levels at their posterior means, and decode ``z`` of all levels concatenated
@@ -45,10 +47,22 @@ from typing import Any
 import jax
 
 from vaejax import distributions
+from vaejax.types import IMAGES, TOKENS
 
 Array = jax.Array
 
-__all__ = ["decode", "decode_mean", "encode", "is_conditional", "prior_samples"]
+__all__ = ["data_key", "decode", "decode_mean", "encode", "is_conditional", "prior_samples"]
+
+
+def data_key(model: Any) -> str:
+  """The batch entry ``model`` reads: ``"tokens"`` for a model that declares
+  ``data_kind = TOKENS`` (the sequence models), else ``"image"``.
+
+  >>> from vaejax import models
+  >>> data_key(models.create_model({"name": "mlp_vae"}, (4, 4, 1)))
+  'image'
+  """
+  return "tokens" if getattr(model, "data_kind", IMAGES) == TOKENS else "image"
 
 
 def is_conditional(model: Any) -> bool:
