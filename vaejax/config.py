@@ -169,7 +169,7 @@ def base_config() -> ml_collections.ConfigDict:
                      "num_queries": 100, "alpha": 1.0, "seed": 0},
       # Text models over the whole held-out split: IWAE NLL (K = num_samples, He et al.'s
       # 500), perplexity, KL, MI, active units; reconstructions, prior samples and
-      # homotopies as .txt (num_sentences of each). Logs eval/* when named "text".
+      # homotopies as .txt (num_sentences of each; 0 = none). Logs eval/* when named "text".
       "text": {"type": "text", "every": 0, "at_end": False, "num_samples": 500,
                "chunk_size": 10, "batch_size": 50, "num_sentences": 10,
                "homotopy_steps": 5, "seed": 0},

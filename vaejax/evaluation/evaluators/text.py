@@ -21,7 +21,8 @@ as its single run. Results, with the NLL of every sentence, go to ``text.json`` 
 model's directory; ``figures/reconstructions.txt`` (greedy decodes of the posterior
 means of the first ``num_sentences`` sentences), ``figures/prior_samples.txt`` (z ~ N(0, I)
 decoded greedily and sampled) and ``figures/homotopies.txt`` (greedy decodes along the
-line between the codes of two sentences, Bowman et al.'s table) are written atomically.
+line between the codes of two sentences, Bowman et al.'s table) are written atomically
+(``num_sentences`` = 0: none).
 
 Cost: K decoder passes per sentence dominate (the encoder runs once per sentence); the
 split goes through in padded batches of ``batch_size`` sentences (one compiled shape) and
@@ -116,7 +117,7 @@ class TextEvaluator(Evaluator):
     self.num_samples = config_int(group, "num_samples", where)
     self.chunk_size = config_int(group, "chunk_size", where)
     self.batch_size = config_int(group, "batch_size", where)
-    self.num_sentences = config_int(group, "num_sentences", where, minimum=2)
+    self.num_sentences = config_int(group, "num_sentences", where, minimum=0)
     self.homotopy_steps = config_int(group, "homotopy_steps", where, minimum=2)
     self.seed = config_int(group, "seed", where, minimum=0)
     if self.enabled:
@@ -169,7 +170,7 @@ class TextEvaluator(Evaluator):
 
   def _write_texts(self, m: int, params: Any, tokens: np.ndarray) -> None:
     """Reconstructions, prior samples and homotopies of model ``m`` as ``figures/*.txt``."""
-    if not is_writer():
+    if not is_writer() or not self.num_sentences:
       return
     model, vocab, n = self.setup.model, self.setup.dataset.vocabulary, self.num_sentences
     out = self.setup.model_dirs[m] / FIGURES_DIR
