@@ -104,3 +104,29 @@ def test_codec_functions_vmap_over_a_stack_of_parameters():
   for m, p in enumerate((params, other)):
     chex.assert_trees_all_close(means[m], model.apply({"params": p}, x, method="encode")[0],
                                 atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("kind", ["mlp_cvae", "hvae"])
+def test_traverse_decodes_each_mean_with_one_coordinate_swept(kind):
+  model, params, x, labels = _setup(kind)
+  variables = {"params": params}
+  values = jnp.array([-2.0, 0.0, 1.5])
+  dim = model.latent_dim - 1
+  paths = np.asarray(codec.traverse(model, params, x, dim, values, labels), np.float64)
+  assert paths.shape == (5, 3, *IMAGE_SHAPE)
+  mean, _ = model.apply(variables, x, labels, method="encode")
+  for v, value in enumerate(values):  # the reference: one decode per value, written out
+    z = np.asarray(mean).copy()
+    z[:, dim] = value
+    reference = _reference_mean(model.apply(variables, jnp.asarray(z), labels, method="decode"))
+    chex.assert_trees_all_close(paths[:, v], reference, atol=TOL, rtol=TOL)
+
+
+def test_forward_is_one_sample_of_the_models_pass():
+  model, params, x, labels = _setup("mlp_cvae")
+  key = jax.random.key(6)
+  outputs = codec.forward(model, params, x, key, labels)
+  reference = model.apply({"params": params}, x, labels, rngs={"sample": key})
+  chex.assert_trees_all_close(outputs, reference, atol=TOL, rtol=TOL)
+  assert not np.allclose(codec.forward(model, params, x, jax.random.key(7), labels).z,
+                         outputs.z)

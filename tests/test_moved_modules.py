@@ -65,3 +65,10 @@ def test_every_old_evaluators_name_still_imports_from_the_package():
   for kind in BUILT_IN_TYPES:  # one module per type, named after it
     module = importlib.import_module(f"vaejax.evaluation.evaluators.{kind}")
     assert evaluators.EVALUATORS[kind].__module__ == module.__name__
+
+
+def test_the_failure_points_keep_their_old_path():
+  from vaejax.training import faults as old  # pylint: disable=g-import-not-at-top
+  from vaejax.utils import faults  # pylint: disable=g-import-not-at-top
+
+  assert (old.point, old.ENV, old.POINTS) == (faults.point, faults.ENV, faults.POINTS)

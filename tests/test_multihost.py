@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vaejax.training import checkpoint, faults, writers
+from vaejax.training import checkpoint, writers
+from vaejax.utils import faults
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--config=experiments/configs/betavae_dsprites.py:test",

@@ -19,7 +19,7 @@ CONFIG = {"embedding_size": 8, "hidden_size": 16, "latent_dim": 3}
 TOKENS = np.array([[5, 6, 7, 8, 3, 0, 0], [9, 3, 0, 0, 0, 0, 0], [4, 4, 4, 4, 4, 4, 3]], np.int32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name: str, word_keep: float = 1.0):
   model = models.create_model({"name": name, "word_keep": word_keep, **CONFIG}, SPEC)
   keys = {"params": jax.random.key(0), "sample": jax.random.key(1)}

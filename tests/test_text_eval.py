@@ -23,7 +23,7 @@ TOKENS = np.array([[4, 5, 6, 3, 0, 0], [7, 3, 0, 0, 0, 0], [8, 8, 4, 5, 6, 3]], 
 VOCAB = Vocabulary(("<pad>", "<unk>", "<bos>", "<eos>", "a", "b", "c", "d", "e"), [0] * 9)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name: str):
   model = models.create_model(
       {"name": name, "embedding_size": 4, "hidden_size": 8, "latent_dim": 2}, SPEC)

@@ -48,6 +48,7 @@ __all__ = [
     "register",
     "sample_batch",
     "shared_data_dir",
+    "text",
 ]
 
 del _mnist

@@ -47,6 +47,7 @@ import numpy as np
 from vaejax.data import dsprites
 from vaejax.data.dsprites import RenderedDSprites
 from vaejax.evaluation.disentanglement import sampling
+from vaejax.utils import stopping
 from vaejax.utils.checks import check_int
 
 ARITHMETIC_FACTORS = ("shape", "scale", "pos_x", "pos_y")
@@ -164,6 +165,7 @@ def nearest_shapes(images, scale, pos_x, pos_y, threshold: float = 0.5,
 def _decode(decode_fn: DecodeFn, codes: np.ndarray, chunk_size: int) -> np.ndarray:
   out = []
   for start in range(0, codes.shape[0], chunk_size):
+    stopping.check()  # a stop signal ends it between chunks
     chunk = codes[start:start + chunk_size]
     m = chunk.shape[0]
     if m < chunk_size:
@@ -292,6 +294,7 @@ def arithmetic_accuracy(
                                          threshold)
   table = {}
   for factor in factors:
+    stopping.check()
     source, target = _check_change(factor, all_changes[factor])
     table[factor] = _factor_row(
         encode_fn, decode_fn, ground_truth, factor, source, target, alpha=alpha,

@@ -27,6 +27,7 @@ from absl import logging
 
 from vaejax.evaluation import disentanglement
 from vaejax.models import codec
+from vaejax.utils import stopping
 
 DEFAULT_BATCH_SIZE = 256  # = disentanglement.represent's chunk: one call per chunk
 
@@ -216,6 +217,7 @@ def evaluate_disentanglement(
     kwargs[name] = merged
   scores = {}
   for i, name in enumerate(names):  # one at a time, to time each; each seeded afresh
+    stopping.check(f"disentanglement metric {name}")
     logging.info("Disentanglement metric %d/%d: %s (%s)...", i + 1, len(names), name, preset)
     wall, cpu = time.perf_counter(), time.process_time()
     scores.update(disentanglement.evaluate_all(ground_truth, representation_fn, seed=seed,

@@ -38,7 +38,7 @@ from PIL import Image
 from vaejax import distributions
 from vaejax.figures.grids import PAD_VALUE
 from vaejax.models import codec
-from vaejax.utils import files
+from vaejax.utils import files, stopping
 from vaejax.utils.checks import check_int
 
 PRIOR_GIF = "traversal_prior.gif"
@@ -197,6 +197,7 @@ def save_gif(frames: Any, path: str | os.PathLike, fps: float = 10.0,
     frames = frames[..., 0] if frames.shape[-1] == 1 else frames
   images = [Image.fromarray(f) for f in frames]
   path = Path(path)
+  stopping.check(f"writing {path.name}")
   extra = {"comment": comment} if comment else {}
   with files.atomic_open(path, "wb") as f:
     images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
@@ -247,6 +248,7 @@ def write_traversal_gifs(
   dims = kl_order(kl_per_dim, max_dims)
 
   def decode(z):
+    stopping.check()  # a stop signal ends the GIFs between two decodings
     y = None if label is None else jnp.full((z.shape[0],), label, jnp.int32)
     return codec.decode_mean(model, params, jnp.asarray(z), y)
 

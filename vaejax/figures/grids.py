@@ -21,7 +21,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from vaejax.utils import files
+from vaejax.utils import files, stopping
 
 Figure = matplotlib.figure.Figure
 
@@ -283,9 +283,11 @@ def plot_kl_per_level(steps: Sequence[int], kl_per_level: Any) -> Figure:
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
   """Saves ``fig`` as a PNG (creating folders; atomically: a killed process leaves the old
-  file or the new one, never half) and closes it."""
+  file or the new one, never half) and closes it. A pending stop signal ends the figures
+  here, between two files (:func:`vaejax.utils.stopping.check`)."""
   path = Path(path)
   try:
+    stopping.check(f"writing {path.name}")
     with files.atomic_open(path, "wb") as f:
       fig.savefig(f, dpi=dpi, format="png")
   finally:

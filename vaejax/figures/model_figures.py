@@ -25,6 +25,7 @@ import numpy as np
 from vaejax import distributions
 from vaejax.figures import grids
 from vaejax.models import codec
+from vaejax.utils import stopping
 from vaejax.utils.checks import check_int
 
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0, 1.5)
@@ -73,6 +74,7 @@ def figure_arrays(
   labels = None if labels is None else jnp.asarray(labels, jnp.int32)
 
   def decode(z, y):
+    stopping.check()  # a stop signal ends the figures between two decodings
     return np.asarray(codec.decode_mean(model, params, z, y))
 
   mean, log_var = codec.encode(model, params, images, labels)
@@ -86,13 +88,18 @@ def figure_arrays(
          if labels is not None and num_classes else {}),
       "inputs": np.asarray(images),
       "reconstructions": decode(mean, labels),
-      "samples": np.asarray(codec.prior_samples(model, params, key, num_samples,
-                                                sample_labels)),
+      "samples": _prior_samples(model, params, key, num_samples, sample_labels),
       **_traversal_arrays(decode, mean, labels, kl_per_dim, traversal_steps, traversal_range,
                           max_traversal_dims, images.shape[1:]),
       **_interpolation_arrays(decode, images, mean, labels, traversal_steps, max_pairs),
       "kl_per_dim": kl_per_dim,
   }
+
+
+def _prior_samples(model: Any, params: Any, key: jax.Array, num_samples: int,
+                   labels: jax.Array | None) -> np.ndarray:
+  stopping.check()  # a stop signal ends the figures before this (compiled) sampling
+  return np.asarray(codec.prior_samples(model, params, key, num_samples, labels))
 
 
 def _traversal_arrays(decode: Decode, mean: jax.Array, labels: jax.Array | None,
@@ -171,7 +178,14 @@ def write_figures(
         arrays["class_samples"])
     figures["style_transfer.png"] = grids.plot_style_transfer(
         arrays["style_inputs"], arrays["style_transfer"])
-  return [grids.save_figure(fig, out_dir / name) for name, fig in figures.items()]
+  written = []
+  try:
+    for name, fig in figures.items():
+      written.append(grids.save_figure(fig, out_dir / name))
+  finally:  # a stop or a full disk ends the loop: close the figures it did not save
+    for fig in list(figures.values())[len(written) + 1:]:
+      grids.plt.close(fig)
+  return written
 
 
 # ----------------------------------------------------------------------------- latent arithmetic

@@ -12,6 +12,9 @@ usable inside ``jax.jit`` / ``jax.vmap`` (an evaluator maps them over a stack of
   (the sigmoid of the logits; the Gaussian mean): what figures show;
 * :func:`prior_samples`: decoder means of :math:`z \sim p(z)` (ancestral, level by level,
   for the hierarchical models);
+* :func:`traverse`: decoder means along one latent axis, from each input's posterior mean;
+* :func:`forward`: one reparameterised pass :math:`z \sim q(z \mid x)`, then
+  :math:`p(x \mid z)`: the :class:`vaejax.types.VAEOutput` the objectives score;
 * :func:`is_conditional`: whether the model needs labels;
 * :func:`data_key`: the batch entry a model reads (``"image"``, or ``"tokens"`` for the
   token-sequence models of :mod:`vaejax.models.sequence`).
@@ -37,6 +40,10 @@ the upper levels at their posterior means, and decode ``z`` of all levels concat
 ((3, 4, 4, 1), True)
 >>> codec.prior_samples(model, params, jax.random.key(2), 6).shape
 (6, 4, 4, 1)
+>>> codec.traverse(model, params, x, 1, jax.numpy.linspace(-2, 2, 5)).shape  # (B, V, ...)
+(3, 5, 4, 4, 1)
+>>> codec.forward(model, params, x, jax.random.key(3)).z.shape
+(3, 2)
 """
 
 from __future__ import annotations
@@ -45,13 +52,15 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from vaejax import distributions
-from vaejax.types import IMAGES, TOKENS
+from vaejax.types import IMAGES, TOKENS, VAEOutput
 
 Array = jax.Array
 
-__all__ = ["data_key", "decode", "decode_mean", "encode", "is_conditional", "prior_samples"]
+__all__ = ["data_key", "decode", "decode_mean", "encode", "forward", "is_conditional",
+           "prior_samples", "traverse"]
 
 
 def data_key(model: Any) -> str:
@@ -125,3 +134,32 @@ def prior_samples(model: Any, params: Any, key: Array, num: int, labels: Array |
   if temperature != 1.0:
     z = temperature * z
   return distributions.likelihood_mean(decode(model, params, z, labels))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def traverse(model: Any, params: Any, x: Array, dim: Array | int, values: Array,
+             labels: Array | None = None) -> Array:
+  r"""Decoder means along latent axis ``dim``, ``(B, V, H, W, C)``: row b holds input b's
+  posterior mean :math:`\mu(x_b)` with coordinate ``dim`` set to each of ``values`` (V,),
+  decoded (:func:`decode_mean`). ``dim`` may be traced (one program serves every axis);
+  it must lie in ``[0, d)``, which the caller checks (an index outside is clamped).
+  """
+  mean, _ = encode(model, params, x, labels)
+  b, d = mean.shape
+  v = values.shape[0]
+  codes = jnp.repeat(mean[:, None], v, axis=1).at[:, :, dim].set(values.astype(mean.dtype))
+  flat_labels = None if labels is None else jnp.repeat(labels, v)
+  images = decode_mean(model, params, codes.reshape(b * v, d), flat_labels)
+  return images.reshape(b, v, *images.shape[1:])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(model: Any, params: Any, x: Array, key: Array, labels: Array | None = None
+            ) -> VAEOutput:
+  r"""One reparameterised pass: :math:`z \sim q(z \mid x[, y])` drawn with ``key``, then
+  the likelihood of ``x`` given z (and, for a hierarchical model, every level's prior):
+  the :class:`vaejax.types.VAEOutput` that :mod:`vaejax.objectives` score, e.g.
+  ``objectives.elbo_terms(x, forward(model, params, x, key))["elbo"]``, one ELBO estimate
+  per example, as the ``elbo`` evaluator computes it.
+  """
+  return model.apply({"params": params}, x, labels, rngs={"sample": key})

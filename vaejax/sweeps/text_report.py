@@ -125,7 +125,8 @@ def nll_note(rows: Sequence[Row], data_name: str) -> str:
                       if "eval/num_sentences" in r})
   bound = (f"importance-weighted bound with K = {', '.join(map(str, ks))} samples of "
            "q(z|x) (the language model's: exact)" if ks else "exact (no latent)")
-  text = (f"NLL: nats per sentence, {bound}, over all {', '.join(map(str, sentences))} held-out sentences; PPL = "
+  counts = ", ".join(map(str, sentences))
+  text = (f"NLL: nats per sentence, {bound}, over all {counts} held-out sentences; PPL = "
           "exp(total NLL / scored tokens, <eos> included); MI: He et al.'s estimate over "
           "the whole split; KL and rate: one sample per sentence.")
   if data_name == "ptb":

@@ -3,8 +3,9 @@
 :func:`load_config` reads ``config.json``; :func:`evaluate_workdir` (the library side of
 ``experiments.evaluate`` and ``experiments.train --figures_only``) rebuilds the run's plan
 from that config and the grid points its checkpoints record, restores each group's newest
-checkpoint (:func:`vaejax.training.resume.restore_or_init`, the loop's restore path) and
-runs the named evaluators on the same held-out data and keys as during training.
+checkpoint (:func:`vaejax.training.resume.restore_or_init`, the loop's restore path, which
+reads through :func:`vaejax.training.checkpoint.read_checkpoint` as :func:`vaejax.load_run`
+does) and runs the named evaluators on the same held-out data and keys as during training.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from vaejax import config as config_lib
 from vaejax.training import checkpoint as checkpoint_lib
 from vaejax.training import workdir as workdir_lib
 from vaejax.training.executor import Executor
+from vaejax.training.interrupt import StopRequested, StopSignals
 from vaejax.training.plan import Plan, Point, checkpoint_dirs, make_plan, with_resume_steps
 from vaejax.training.resume import restore_or_init
 from vaejax.evaluation.evaluators import StackView
@@ -40,13 +42,11 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def _saved_points(workdir: Path) -> list[Point]:
-  """The grid points of a finished run, from its checkpoints' metadata (call it holding the
-  workdir lock: orbax's manager tidies a running save's temporary files when it opens)."""
+  """The grid points of a finished run, from its newest checkpoint's metadata (read-only)."""
   for ckpt_dir in checkpoint_dirs(workdir):
-    with checkpoint_lib.Checkpointer(ckpt_dir) as ckpt:
-      latest = ckpt.latest_step()
-      if latest is not None:
-        return ckpt.read_meta(latest).get("points", [{}])
+    steps = checkpoint_lib.complete_steps(ckpt_dir)
+    if steps:
+      return checkpoint_lib.read_meta(ckpt_dir, steps[0]).get("points", [{}])
   raise FileNotFoundError(f"No checkpoints under {workdir}: train the run first.")
 
 
@@ -82,14 +82,22 @@ def evaluate_workdir(workdir: str | os.PathLike, names: Sequence[str], *,
   Returns:
     One dict per model: ``model``, ``point``, ``step`` and every evaluator's results
     (unprefixed keys, nested under the evaluator's name).
+
+  Raises:
+    StopRequested: a SIGTERM/SIGINT stopped it between two units of work (the result
+      files written are complete; running it again redoes the rest).
   """
   workdir = workdir_lib.check_workdir(workdir, create=False)
   config = load_config(workdir)
   _apply_overrides(config, overrides)
-  with workdir_lib.WorkdirLock(workdir, f"evaluation ({', '.join(names)})"):
+  what = f"evaluation ({', '.join(names)})"
+  with workdir_lib.WorkdirLock(workdir, what), StopSignals():
     points = _saved_points(workdir)
     run = make_plan(config, workdir, points=points, dataset=dataset, eval_names=names)
-    return _evaluate_groups(with_resume_steps(run, every_layout=False))
+    try:
+      return _evaluate_groups(with_resume_steps(run, every_layout=False))
+    except StopRequested as stop:  # each result file is written whole or not at all
+      raise StopRequested(stop.signum, f"the {what}") from None
 
 
 def _evaluate_groups(run: Plan) -> list[dict[str, Any]]:

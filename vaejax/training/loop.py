@@ -22,6 +22,11 @@ A sweep then writes ``results.jsonl`` (one row per model: its point, final metri
 evaluations) and the report of :mod:`vaejax.sweeps.report`. Finished runs are evaluated
 again by :func:`~vaejax.training.finished.evaluate_workdir`.
 
+Re-running a run that a stop (SIGTERM/SIGINT) or a crash ended does only what is
+missing: training resumes from the newest checkpoint, evaluations the stop cut short run
+first (:mod:`vaejax.training.unfinished`), a finished run runs only the end-of-run
+evaluators that did not run, and a sweep rewrites its results and report.
+
 Model *i* of a sweep is the single run of ``apply_point(config, point_i)``: the same
 initialisation, data order, sample keys, free-bits groups, evaluation batches and keys
 (``tests/test_engine.py`` checks it against a reference loop written in the test).
@@ -29,6 +34,7 @@ initialisation, data order, sample keys, free-bits groups, evaluation batches an
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,16 +45,19 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from vaejax.evaluation.evaluators import StackView
 from vaejax.sweeps import grid as grid_lib
-from vaejax.training import programs, writers as writers_lib
+from vaejax.training import programs, unfinished, writers as writers_lib
 from vaejax.training import rows as rows_lib
 from vaejax.training import workdir as workdir_lib
+from vaejax.training.executor import Executor
 from vaejax.training.finished import CONFIG_FILE, evaluate_workdir, load_config
-from vaejax.training.interrupt import StopSignals
+from vaejax.training.interrupt import StopRequested, StopSignals
 from vaejax.training.plan import MODELS_DIR, GroupPlan, Plan, Point, make_plan, with_resume_steps
 from vaejax.training.resume import Start, restore_or_init
 from vaejax.training.state import StackState, TrainState
 from vaejax.training.steps import GroupResult, GroupSteps, NonFiniteError
+from vaejax.utils import stopping
 from vaejax.utils.files import atomic_write_json
 
 __all__ = ["CONFIG_FILE", "MODELS_DIR", "NonFiniteError", "REPORT_DIR", "RESULTS_FILE",
@@ -127,6 +136,9 @@ def train(
     ValueError / KeyError: a bad config, grid, point, mesh or memory budget (before
       anything compiles).
     NonFiniteError: the single run, or every model of a program, diverged.
+    Interrupted / StopRequested: a SIGTERM or SIGINT stopped it (after checkpointing).
+    DiskFullError: a write failed for lack of space (the newest complete checkpoint and
+      every complete row stay).
   """
   if grid is not None:
     config = grid_lib.with_grid(config, grid)
@@ -139,8 +151,8 @@ def train(
     run = with_resume_steps(run)
     _write_config(run)
     results = [_run_group(run, group, progress, signals) for group in run.groups]
-  rows = rows_lib.by_model(run, [result.rows for result in results])
-  report = _write_sweep_results(run, rows, write_report) if run.stacked else []
+    rows = rows_lib.by_model(run, [result.rows for result in results])
+    report = _write_sweep_results(run, rows, write_report) if run.stacked else []
   return TrainResult([result.state for result in results], run.points, rows, report)
 
 
@@ -161,11 +173,15 @@ def _run_group(run: Plan, group: GroupPlan, progress: bool | None,
   ``group.config`` is the group's config (its first point applied) and decides
   everything here; checkpoints record the run's (``run.saved_config``).
   """
+  stopping.check(f"the start of {run.group_label(group) or 'training'}")
   start = restore_or_init(group, run.saved_config)
+  cut_short = tuple(unfinished.read(group, start.step))
   if start.finished:  # restored, nothing compiled
-    return _finished_group(run, group, start)
+    return _finished_group(run, group, start, cut_short)
   if start.restored:
-    logging.info("Resumed from step %d (%s).", start.step, group.checkpoint_dir)
+    logging.info("Resumed from step %d (%s)%s.", start.step, group.checkpoint_dir,
+                 f"; first finishing its evaluation ({', '.join(cut_short)}) that a stop cut "
+                 "short" if cut_short else "")
   num_params = sum(int(np.prod(x.shape[1:])) for x in jax.tree.leaves(start.state.models.params))
   executor = programs.make_executor(group, group.chunk_size)
   executor.load(start.state)
@@ -177,23 +193,40 @@ def _run_group(run: Plan, group: GroupPlan, progress: bool | None,
                f"{label}: " if label else "", group.config.model.name, executor.num_models,
                num_params, executor.chunk_size, group.config.execution.strategy,
                jax.default_backend(), position, group.config.num_steps)
-  return GroupSteps(run, group, executor, start_step, position, signals, progress).train()
+  return GroupSteps(run, group, executor, start_step, position, signals, progress,
+                    cut_short).train()
 
 
-def _finished_group(run: Plan, group: GroupPlan, start: Start) -> GroupResult:
-  """A group restored at its last step: its logged results, and a warning naming the
-  end-of-run evaluators that have not run (they can run through experiments.evaluate)."""
-  logging.info("%s finished at step %d (%s); nothing to train.",
-               run.group_label(group).capitalize() or "The run", start.step,
-               group.checkpoint_dir)
+def _finished_group(run: Plan, group: GroupPlan, start: Start,
+                    cut_short: tuple[str, ...]) -> GroupResult:
+  """A group restored at its last step: its logged results, after running the end-of-run
+  evaluators that did not finish (a stop cut them short, or they were enabled since)."""
+  name = run.group_label(group).capitalize() or "The run"
   rows = rows_lib.logged_results(run, group) or [{"step": start.step} for _ in group.models]
   missing = [e.name for e in group.evaluators if e.at_end and e.logs_results and not any(
-      k.startswith(e.prefix) for k in rows[0])]
-  if missing:
-    logging.warning(
-        "Evaluator(s) %s did not run at the end of this finished run; run them with: "
-        "python -m experiments.evaluate --workdir=%s --evals=%s", ", ".join(missing),
-        run.workdir, ",".join(missing))
+      k.startswith(e.prefix) for k in rows[0]) and e.name not in cut_short]
+  todo = (*cut_short, *missing)
+  if not todo:
+    logging.info("%s finished at step %d (%s); nothing to train.", name, start.step,
+                 group.checkpoint_dir)
+    return GroupResult(jax.device_get(start.state), rows)
+  logging.info("%s finished training at step %d (%s); running only its evaluation(s) %s, "
+               "which %s.", name, start.step, group.checkpoint_dir, ", ".join(todo),
+               "a stop cut short" if cut_short else "had not run")
+  executor = Executor(None, group.seeds, group.hyper, chunk_size=group.chunk_size,
+                      max_consecutive_skips=0, mesh=group.mesh)
+  executor.load(start.state)
+  writer, _ = writers_lib.create_writers(
+      run.workdir, start.step, group.config.num_steps, stacked=run.stacked,
+      owns=rows_lib.owner(run, group), progress=False, label=run.group_label(group))
+  try:
+    unfinished.finish(run, group, start.step, StackView(executor), writer, todo)
+  except BaseException:
+    with contextlib.suppress(Exception):  # the error on its way says what went wrong
+      writer.close()
+    raise
+  writer.close()
+  rows = rows_lib.logged_results(run, group) or [{"step": start.step} for _ in group.models]
   return GroupResult(jax.device_get(start.state), rows)
 
 
@@ -208,12 +241,15 @@ def _write_sweep_results(run: Plan, rows: list[dict[str, Any]], write_report: bo
   """``results.jsonl`` and (with ``write_report``) ``report/``; returns the report's files."""
   if jax.process_index() != 0:
     return []
-  final = rows_lib.final_results(run, rows)
-  writers_lib.write_jsonl(run.workdir / RESULTS_FILE, final)
-  if not write_report:
-    return []
-  from vaejax.sweeps import report  # pylint: disable=g-import-not-at-top
-  paths = report.write_report(final, run.workdir / REPORT_DIR, run.config,
-                              writers_lib.read_jsonl(run.workdir / writers_lib.METRICS_FILE))
+  try:
+    final = rows_lib.final_results(run, rows)
+    writers_lib.write_jsonl(run.workdir / RESULTS_FILE, final)
+    if not write_report:
+      return []
+    from vaejax.sweeps import report  # pylint: disable=g-import-not-at-top
+    paths = report.write_report(final, run.workdir / REPORT_DIR, run.config,
+                                writers_lib.read_jsonl(run.workdir / writers_lib.METRICS_FILE))
+  except StopRequested as stop:  # every model is trained, evaluated and checkpointed
+    raise StopRequested(stop.signum, "the sweep's results.jsonl and report") from None
   logging.info("Sweep report: %s", ", ".join(str(p) for p in paths))
   return paths

@@ -62,6 +62,23 @@ def model_traits(model: Any) -> ModelTraits:
                      latent_dim=getattr(model, "latent_dim", None))
 
 
+def build_model(config: Any, dataset: Any) -> tuple[Any, ModelTraits]:
+  """The model ``config`` trains on ``dataset`` (built from what the dataset describes,
+  :func:`data_spec`: an image shape and classes, or a vocabulary and length) and its
+  traits: planning a run and :func:`vaejax.load_run` both build a run's model here.
+
+  Raises:
+    ConfigError: a conditional model on a dataset without labels.
+    ValueError: an image model on token sequences or the reverse, or a bad model setting.
+  """
+  model = models_lib.create_model(config.model, data_spec(dataset))
+  traits = model_traits(model)
+  if traits.conditional and dataset.num_classes is None:
+    raise config_lib.ConfigError(f"Model {config.model.name!r} is conditional but dataset "
+                                 f"{dataset.name!r} has no labels.")
+  return model, traits
+
+
 class GroupPlan(NamedTuple):
   """One program's models and everything built for them before compiling."""
 
@@ -206,8 +223,27 @@ def with_resume_steps(run: Plan, *, every_layout: bool = True) -> Plan:
 # ----------------------------------------------------------------------------- points
 
 
-def _point_error(point: Point, error: Exception) -> config_lib.ConfigError:
-  return config_lib.ConfigError(f"Sweep point {grid_lib.point_label(point)}: {error}")
+class PointError(config_lib.ConfigError):
+  """A bad value of one grid point (or of the points of one group), named by its values."""
+
+
+def _point_error(point: Point, error: Exception) -> PointError:
+  return PointError(f"Sweep point {grid_lib.point_label(point)}: {error}")
+
+
+def _group_error(group: grid_lib.Group, run_points: _Points, error: ValueError) -> ValueError:
+  """``error`` of building one group's model, naming the grid values that set the group
+  apart (a model's shape: the points of a group share it, other groups differ); unchanged
+  for a single run or where no grid value sets the group apart."""
+  points = [run_points.points[i] for i in group.models]
+  shared = {k: v for k, v in points[0].items() if all(p.get(k) == v for p in points)
+            and any(p.get(k) != v for p in run_points.points)}
+  if not run_points.stacked or isinstance(error, PointError) or not shared:
+    return error
+  if len(points) == 1:
+    return _point_error(points[0], error)
+  return PointError(f"Sweep points with {grid_lib.point_label(shared)} ({len(points)} models): "
+                    f"{error}")
 
 
 def _points(config: ml_collections.ConfigDict, grid: Sequence[str] | None,
@@ -254,11 +290,12 @@ def _plan_group(group: grid_lib.Group, run_points: _Points, workdir: Path, direc
   config = run_points.configs[group.models[0]]
   ds = dataset if dataset is not None else _load_dataset(config, datasets)
   spec = data_spec(ds)
-  model = models_lib.create_model(config.model, spec)
-  traits = model_traits(model)
-  if traits.conditional and ds.num_classes is None:
-    raise config_lib.ConfigError(
-        f"Model {config.model.name!r} is conditional but dataset {ds.name!r} has no labels.")
+  try:
+    model, traits = build_model(config, ds)
+  except config_lib.ConfigError:
+    raise
+  except ValueError as error:  # a grid over the model's shape: name the bad point
+    raise _group_error(group, run_points, error) from None
   free_bits_groups = _free_bits_groups(config, traits)
   importance = step_lib.importance_from_config(config)
   for i in group.models:  # K, the estimator and M are static: one per group

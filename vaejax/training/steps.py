@@ -7,7 +7,11 @@ step's metrics to the host: it masks models whose updates stay non-finite (a sin
 or a stack whose every model diverged, stops with :class:`NonFiniteError`), runs the due
 evaluators, writes one row per model and saves a checkpoint
 (:func:`vaejax.training.resume.save_checkpoint`). On SIGTERM/SIGINT it checkpoints the
-step and raises :class:`~vaejax.training.interrupt.Interrupted`.
+step and raises :class:`~vaejax.training.interrupt.Interrupted`; a signal during an
+evaluation ends the evaluation at its next unit of work, and the step is checkpointed
+with the evaluators that did not finish recorded (:mod:`vaejax.training.unfinished`),
+which a resumed run finishes first. A checkpoint save that failed in the background (a
+full disk) stops the run at the next step with one error.
 """
 
 from __future__ import annotations
@@ -21,15 +25,16 @@ from absl import logging
 
 from vaejax.sweeps import grid as grid_lib
 from vaejax.training import checkpoint as checkpoint_lib
-from vaejax.training import faults, programs, resume, writers as writers_lib
+from vaejax.training import programs, resume, unfinished, writers as writers_lib
 from vaejax.training import rows as rows_lib
 from vaejax.training.executor import Executor
-from vaejax.training.interrupt import Interrupted, StopSignals
+from vaejax.training.interrupt import Interrupted, StopRequested, StopSignals
 from vaejax.training.monitor import CollapseMonitor
 from vaejax.training.periodic import Due, TrainingSchedule
 from vaejax.training.plan import GroupPlan, Plan
 from vaejax.evaluation.evaluators import StackView
 from vaejax.training.state import StackState
+from vaejax.utils import faults
 
 
 class NonFiniteError(FloatingPointError):
@@ -55,11 +60,14 @@ class GroupSteps:
     data_position: batches consumed so far.
     signals: the active stop signals.
     progress: show a progress bar (None: when stderr is a terminal).
+    unfinished_evals: evaluators a stop cut short at ``start_step``: they run first.
   """
 
   def __init__(self, run: Plan, group: GroupPlan, executor: Executor, start_step: int,
-               data_position: int, signals: StopSignals, progress: bool | None):
+               data_position: int, signals: StopSignals, progress: bool | None,
+               unfinished_evals: tuple[str, ...] = ()):
     self.run, self.group, self.executor = run, group, executor
+    self.start_step, self.unfinished_evals = start_step, tuple(unfinished_evals)
     self.config = group.config
     self.position = data_position
     self.signals = signals
@@ -81,12 +89,16 @@ class GroupSteps:
     self.monitor = self._collapse_monitor()
     self.clock = (time.perf_counter(), self.position)
     try:
+      if self.unfinished_evals:
+        unfinished.finish(self.run, self.group, self.start_step, StackView(self.executor),
+                          self.writer, self.unfinished_evals)
       for step in range(self.position + 1, self.config.num_steps + 1):
         self._step(step)
       self.writer.flush()
-    finally:
-      self.writer.close()
-      self.checkpointer.close()  # waits for pending writes, which hold good states only
+    except BaseException:
+      self._close(quietly=True)
+      raise
+    self._close()
     final = self.executor.gather()
     rows = rows_lib.logged_results(self.run, self.group) or [
         {"step": self.position, **r, **e} for r, e in zip(self.last_rows, self.last_evals)]
@@ -103,27 +115,43 @@ class GroupSteps:
       stop = self.signals.signum
     return due._replace(stop=stop, checkpoint=due.checkpoint or stop is not None)
 
+  def _close(self, quietly: bool = False) -> None:
+    """Closes the writers and the checkpointer (waiting for the last save); raises the
+    first of their errors, or none when ``quietly`` (another error is on its way)."""
+    failure = None
+    for close in (self.writer.close, self.checkpointer.close):
+      try:
+        close()
+      except Exception as error:  # pylint: disable=broad-except
+        failure = failure or error
+    if failure is not None and not quietly:
+      raise failure
+
   def _step(self, step: int) -> None:
     metrics = self.executor.step(programs.host_batches(self.group, self.executor,
                                                        self.position))
     self.position += 1
     self.bar.advance()
     faults.point("step", step)
+    self.checkpointer.check_save()  # a save that failed in the background stops the run here
     due = self.due(step)
     if not due.any_action:
       return
     host = self.executor.fetch(metrics)
     flags = self.executor.flags()
     self._check_divergence(step, flags)
-    evals = self._evaluate(step, due.evaluators)
+    evals, cut_short = self._evaluate(step, due.evaluators)
     if due.log or due.evaluators:
       self._log(step, host, flags, evals)
-    if due.checkpoint:
+    stop = due.stop if due.stop is not None else self.signals.signum if cut_short else None
+    if due.checkpoint or stop is not None:
       self._save(step)
-    if due.stop is not None:
+    if stop is not None:
       self.writer.flush()
       self.checkpointer.wait_until_finished()
-      raise Interrupted(due.stop, step, str(self.group.checkpoint_dir / str(step)))
+      if cut_short:
+        unfinished.record(self.group, step, cut_short)
+      raise Interrupted(stop, step, str(self.group.checkpoint_dir / str(step)), cut_short)
 
   def _collapse_monitor(self) -> CollapseMonitor | None:
     monitor = self.config.monitor
@@ -164,18 +192,26 @@ class GroupSteps:
     return (f"All {len(self.group.models)} models of the sweep's program diverged (more than "
             f"{bound} consecutive non-finite steps each) by step {step}; {intact}. {advice}")
 
-  def _evaluate(self, step: int, evaluators: tuple[Any, ...]) -> list[dict[str, Any]] | None:
-    """Runs the due evaluators; per model, their results (None when none is due)."""
+  def _evaluate(self, step: int, evaluators: tuple[Any, ...]
+                ) -> tuple[list[dict[str, Any]] | None, tuple[str, ...]]:
+    """Runs the due evaluators: per model, their results (None when none is due), and the
+    names of those a stop signal cut short (that one and the ones after it)."""
     if not evaluators:
-      return None
+      return None, ()
     view = StackView(self.executor)
     evals: list[dict[str, Any]] = [{} for _ in self.group.models]
-    for evaluator in evaluators:
-      for k, result in enumerate(evaluator(view, step)):
+    for i, evaluator in enumerate(evaluators):
+      try:
+        if self.signals.signum is not None and not self.multiprocess:
+          raise StopRequested(self.signals.signum)  # stopping already: start none
+        results = evaluator(view, step)
+      except StopRequested:
+        return evals, tuple(e.name for e in evaluators[i:])
+      for k, result in enumerate(results):
         evals[k].update(result)
         self.last_evals[k].update(result)
       faults.point("evaluation", step)
-    return evals
+    return evals, ()
 
   def _log(self, step: int, host: dict[str, np.ndarray], flags: tuple[np.ndarray, np.ndarray],
            evals: list[dict[str, Any]] | None) -> None:

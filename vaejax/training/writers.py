@@ -11,8 +11,12 @@ matters, ``write_rows(step, rows)``; :class:`MultiWriter` hands each call to sev
   per logged step.
 
 On resume the rows past the restored step are dropped (and TensorBoard purges them), so
-the logs read like a run that never stopped. clu's own writers need TensorFlow; these do
-not. Only process 0 of a multi-process run writes (:func:`create_writers`).
+the logs read like a run that never stopped; evaluations finished on resume (a stop cut
+them short) are merged into their step's rows (:meth:`MetricWriter.merge_rows`). clu's own
+writers need TensorFlow; these do not. Only process 0 of a multi-process run writes
+(:func:`create_writers`). A write that fails for a full disk raises
+:class:`vaejax.utils.files.DiskFullError` naming the file (TensorBoard's, written in a
+background thread, at the next logged step or flush).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ HISTOGRAM_PREFIX = "hist/"  # row keys only TensorBoard writes, as histograms
 Row = Mapping[str, Any]
 # Row fields that identify a model rather than measure it: not TensorBoard scalars.
 _IDENTITY = ("step", "model", "point", "group", "active", "masked_at")
+# Fields that say which model's row it is (a single run's rows have none).
+_ROW_KEY = ("model", "group")
 
 
 def to_python(value: Any) -> Any:
@@ -71,6 +77,24 @@ def write_jsonl(path: str | os.PathLike, rows: Sequence[Row]) -> None:
     f.writelines(json.dumps(to_python(row)) + "\n" for row in rows)
 
 
+def merge_jsonl(path: str | os.PathLike, rows: Sequence[Row]) -> None:
+  """Merges each of ``rows`` into the last row of ``path`` with the same ``step`` (and
+  ``model`` and ``group``, where rows have them), or appends it where there is none.
+  Atomic."""
+  path = Path(path)
+  existing = read_jsonl(path)
+  for row in rows:
+    row = to_python({k: v for k, v in row.items() if not k.startswith(HISTOGRAM_PREFIX)})
+    key = tuple(row.get(k) for k in ("step", *_ROW_KEY))
+    match = next((r for r in reversed(existing)
+                  if tuple(r.get(k) for k in ("step", *_ROW_KEY)) == key), None)
+    if match is None:
+      existing.append(row)
+    else:
+      match.update(row)
+  write_jsonl(path, existing)
+
+
 def rewound_path(path: str | os.PathLike) -> Path:
   """Where :func:`truncate_jsonl` keeps the rows it takes out of ``path``."""
   path = Path(path)
@@ -92,8 +116,9 @@ def truncate_jsonl(path: str | os.PathLike, last_step: int,
     rewound = [row for row in rows if owns(row) and row.get("step", math.inf) > last_step]
     archive = rewound_path(path)
     write_jsonl(archive, read_jsonl(archive) + rewound)
-    logging.warning("%s: %d row(s) past step %d moved to %s (the run continues from step %d).",
-                    path, len(rewound), last_step, archive, last_step)
+    # Expected after any stop: the rows are kept, so this is no warning.
+    logging.info("%s: %d row(s) past step %d moved to %s (the run continues from step %d).",
+                 path, len(rewound), last_step, archive, last_step)
   write_jsonl(path, kept)
   return len(kept)
 
@@ -103,6 +128,11 @@ class MetricWriter:
 
   def write_rows(self, step: int, rows: Sequence[Row]) -> None:
     raise NotImplementedError
+
+  def merge_rows(self, step: int, rows: Sequence[Row]) -> None:
+    """Adds ``rows`` (more results of ``step``, e.g. evaluations finished on resume) to the
+    rows already written at ``step``."""
+    self.write_rows(step, rows)
 
   def flush(self) -> None:
     pass
@@ -120,6 +150,10 @@ class MultiWriter(MetricWriter):
   def write_rows(self, step, rows):
     for writer in self.writers:
       writer.write_rows(step, rows)
+
+  def merge_rows(self, step, rows):
+    for writer in self.writers:
+      writer.merge_rows(step, rows)
 
   def flush(self):
     for writer in self.writers:
@@ -147,16 +181,25 @@ class JsonlWriter(MetricWriter):
     self._file = open(self.path, "a")  # noqa: SIM115  (closed by close())
 
   def write_rows(self, step, rows):
-    for row in rows:
-      row = {k: v for k, v in row.items() if not k.startswith(HISTOGRAM_PREFIX)}
-      self._file.write(json.dumps(to_python(row)) + "\n")
-    self._file.flush()
+    lines = "".join(json.dumps(to_python({k: v for k, v in row.items()
+                                          if not k.startswith(HISTOGRAM_PREFIX)})) + "\n"
+                    for row in rows)
+    with files.raising_disk_full(self.path):
+      self._file.write(lines)
+      self._file.flush()
+
+  def merge_rows(self, step, rows):
+    self.close()
+    merge_jsonl(self.path, rows)
+    self._file = open(self.path, "a")  # noqa: SIM115  (closed by close())
 
   def flush(self):
-    self._file.flush()
+    with files.raising_disk_full(self.path):
+      self._file.flush()
 
   def close(self):
-    self._file.close()
+    with files.raising_disk_full(self.path):
+      self._file.close()
 
 
 class TensorBoardWriter(MetricWriter):
@@ -173,14 +216,52 @@ class TensorBoardWriter(MetricWriter):
     self._start = start_step
     self._per_model = per_model
     self._writers: dict[str, Any] = {}
+    self._failed: BaseException | None = None  # the first failed write of any event file
+
+  def _raise_failure(self) -> None:
+    """Raises the first failed write of the event writers' background thread (a full disk
+    as one DiskFullError naming the event directory)."""
+    if self._failed is None:
+      return
+    error, self._failed = self._failed, None
+    if files.is_disk_full(error):
+      raise files.DiskFullError(self.logdir, files.free_bytes(self.logdir),
+                                f"TensorBoard events in {self.logdir}") from None
+    raise error
+
+  def _keep_failures(self, writer: Any) -> None:
+    """tensorboardX writes events in a background thread that a failed write (a full disk)
+    ends, after which its bounded queue fills and the run would hang. The thread's file
+    writes are wrapped so that a failure is kept (for :meth:`_raise_failure`, in the main
+    thread) and the thread goes on, dropping the events that no longer fit."""
+    events = getattr(getattr(writer._get_file_writer(), "event_writer", None), "_ev_writer",
+                     None)
+    if events is None:  # another tensorboardX layout: its thread reports failures itself
+      return
+    for method in ("write_event", "flush"):
+      original = getattr(events, method)
+
+      def guarded(*args, _original=original):
+        if self._failed is not None:
+          return None
+        try:
+          return _original(*args)
+        except Exception as error:  # pylint: disable=broad-except  (raised in the main thread)
+          self._failed = error
+          return None
+
+      setattr(events, method, guarded)
 
   def _writer(self, name: str):
+    self._raise_failure()
     if name not in self._writers:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       # purge_step makes TensorBoard discard the events (step >= purge_step) that a
       # killed run wrote past the step it resumes from.
-      self._writers[name] = SummaryWriter(str(self.logdir / name) if name else str(self.logdir),
-                                          purge_step=self._start + 1)
+      writer = SummaryWriter(str(self.logdir / name) if name else str(self.logdir),
+                             purge_step=self._start + 1)
+      self._keep_failures(writer)
+      self._writers[name] = writer
     return self._writers[name]
 
   def write_rows(self, step, rows):
@@ -204,12 +285,16 @@ class TensorBoardWriter(MetricWriter):
           writer.add_scalar(key, value, step)
 
   def flush(self):
-    for writer in self._writers.values():
-      writer.flush()
+    with files.raising_disk_full(self.logdir, f"TensorBoard events in {self.logdir}"):
+      for writer in self._writers.values():
+        writer.flush()
+    self._raise_failure()
 
   def close(self):
-    for writer in self._writers.values():
-      writer.close()
+    with files.raising_disk_full(self.logdir, f"TensorBoard events in {self.logdir}"):
+      for writer in self._writers.values():
+        writer.close()
+    self._raise_failure()
 
 
 class ProgressWriter(MetricWriter):
@@ -249,6 +334,9 @@ class ProgressWriter(MetricWriter):
       return f"0/{len(rows)} active: all models masked"
     return (f"{len(losses)}/{len(rows)} active, loss {np.nanmin(losses):.4g}..."
             f"{np.nanmax(losses):.4g}")
+
+  def merge_rows(self, step, rows):
+    del step, rows  # the step's own line was shown when it was logged
 
   def write_rows(self, step, rows):
     summary = self.summary(rows)

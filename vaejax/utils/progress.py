@@ -20,6 +20,8 @@ from typing import TypeVar
 
 from absl import logging
 
+from vaejax.utils import stopping
+
 __all__ = ["Progress", "is_terminal", "track"]
 
 T = TypeVar("T")
@@ -82,7 +84,8 @@ class Progress:
 
 def track(items: Iterable[T], label: str, enabled: bool | None = None) -> Iterator[T]:
   """Iterates ``items`` with a bar on a terminal (when there is more than one), else one
-  log line ``label: N item(s)...`` at the start.
+  log line ``label: N item(s)...`` at the start. Before each item it checks for a pending
+  stop signal (:func:`vaejax.utils.stopping.check`): the loops it drives stop between items.
 
   >>> list(track([1, 2], "demo", enabled=False))
   [1, 2]
@@ -91,9 +94,12 @@ def track(items: Iterable[T], label: str, enabled: bool | None = None) -> Iterat
   show = (is_terminal() if enabled is None else enabled) and len(items) > 1
   if not show:
     logging.info("%s: %d item(s)...", label, len(items))
-    yield from items
+    for item in items:
+      stopping.check(label)
+      yield item
     return
   with Progress(len(items), label=label, unit="item", enabled=True, leave=False) as bar:
     for item in items:
+      stopping.check(label)
       yield item
       bar.advance()

@@ -16,6 +16,7 @@ import threadpoolctl
 from sklearn import ensemble, exceptions, linear_model, metrics, svm
 
 from vaejax.evaluation.disentanglement import _checks
+from vaejax.utils import stopping
 from vaejax.utils.checks import check_int
 
 DCI_MODELS = ("hist_gbt", "gbt")
@@ -76,10 +77,14 @@ def _hist_gbt_importances(model: ensemble.HistGradientBoostingClassifier, d: int
 
 
 def _fit_one_factor(model: str, seed: int, x_train, y_train, x_test, y_test):
-  """Fits the boosted trees of one factor; returns (importances, train acc, test acc)."""
+  """Fits the boosted trees of one factor; returns (importances, train acc, test acc).
+
+  A pending stop signal ends it before the fit, and between the stages of the exact (slow)
+  booster (:func:`vaejax.utils.stopping.check`)."""
+  stopping.check()
   if model == "gbt":
     clf = ensemble.GradientBoostingClassifier(random_state=seed)
-    clf.fit(x_train, y_train)
+    clf.fit(x_train, y_train, monitor=lambda *_: stopping.check())
     importances = np.abs(clf.feature_importances_)
   else:
     clf = ensemble.HistGradientBoostingClassifier(
@@ -249,6 +254,7 @@ def _sap_accuracies(codes_train, factors_train, codes_test, factors_test,
   score = np.zeros((d, num_factors))
   for i in range(d):
     for k in range(num_factors):
+      stopping.check()
       clf = svm.LinearSVC(C=0.01, class_weight="balanced", random_state=seed)
       clf.fit(codes_train[:, i:i + 1], factors_train[:, k])
       score[i, k] = np.mean(clf.predict(codes_test[:, i:i + 1]) == factors_test[:, k])
@@ -297,6 +303,7 @@ def explicitness(codes_train, factors_train, codes_test, factors_test) -> dict[s
   x_train, x_test = (codes_train - mean) / std, (codes_test - mean) / std
   auc_train, auc_test = [], []
   for k in range(factors_train.shape[1]):
+    stopping.check()
     _checks.check_classes(factors_train[:, k], f"factors_train[:, {k}]")
     clf = linear_model.LogisticRegression()
     with warnings.catch_warnings():

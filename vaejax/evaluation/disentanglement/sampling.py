@@ -30,6 +30,7 @@ from vaejax.evaluation.disentanglement import (
     udr_ranking,
     unsupervised,
 )
+from vaejax.utils import stopping
 from vaejax.utils.checks import check_int
 
 RepresentationFn = Callable[[np.ndarray], Any]
@@ -121,7 +122,8 @@ def represent(representation_fn: RepresentationFn, observations,
   """Applies ``representation_fn`` in chunks of exactly ``chunk_size`` rows; returns ``(N, d)``.
 
   The last chunk is padded by repeating its final observation (outputs for the
-  padding are dropped), so a jit-compiled function sees a single input shape.
+  padding are dropped), so a jit-compiled function sees a single input shape. A pending
+  stop signal ends it between chunks (:func:`vaejax.utils.stopping.check`).
   """
   chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
   observations = np.asarray(observations)
@@ -130,6 +132,7 @@ def represent(representation_fn: RepresentationFn, observations,
     raise ValueError("observations must contain at least one point.")
   outputs = []
   for start in range(0, n, chunk_size):
+    stopping.check()
     chunk = observations[start:start + chunk_size]
     m = chunk.shape[0]
     if m < chunk_size:
@@ -350,6 +353,7 @@ def _posterior_in_chunks(posterior_fn: PosteriorFn, observations: np.ndarray,
   n = observations.shape[0]
   means, log_vars = [], []
   for start in range(0, n, chunk_size):
+    stopping.check()
     chunk = observations[start:start + chunk_size]
     m = chunk.shape[0]
     if m < chunk_size:

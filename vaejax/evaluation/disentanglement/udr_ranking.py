@@ -39,6 +39,7 @@ import numpy as np
 from sklearn import linear_model
 
 from vaejax.evaluation.disentanglement import _checks
+from vaejax.utils import stopping
 
 METHODS = ("lasso", "spearman")
 DEFAULT_KL_THRESHOLD = 0.01
@@ -211,6 +212,7 @@ def udr(codes_per_model, kl_per_model, groups: Sequence[Any] | None = None,
     for j in range(num_models):
       if i == j or labels[i] != labels[j]:
         continue
+      stopping.check()  # a stop signal ends it between pairs
       r = _similarity(standard[i], standard[j], method, alpha)
       full = np.zeros((d, d))
       full[np.ix_(active[i], active[j])] = r

@@ -40,7 +40,7 @@ class ArithmeticEvaluator(Evaluator):
     self.seed = config_int(group, "seed", where, minimum=0)
     self.alpha = config_number(group, "alpha", where)
     if self.enabled:
-      ground_truth = require_ground_truth(setup, name, "arithmetic")
+      ground_truth = require_ground_truth(setup, name, "arithmetic", self.requested)
       if not DSPRITES_FACTORS <= set(ground_truth.factor_names):
         raise EvaluationError(f"Evaluator evals.{name} (arithmetic) needs dSprites' factors; "
                               f"{setup.dataset.name!r} has {ground_truth.factor_names}.")

@@ -24,7 +24,7 @@ import numpy as np
 
 from vaejax import rng
 from vaejax.models import codec
-from vaejax.utils import files
+from vaejax.utils import files, stopping
 from vaejax.utils.checks import check_int, check_number
 from vaejax.utils.progress import track
 
@@ -242,15 +242,22 @@ def write_json(path: Path, value: Any) -> None:
     files.atomic_write_json(path, value)
 
 
-def require_ground_truth(setup: Setup, name: str, kind: str) -> Any:
+def require_ground_truth(setup: Setup, name: str, kind: str, requested: bool = False) -> Any:
   """The dataset's ground truth for evaluator ``name`` of type ``kind``, or one error
-  saying which datasets have one (and that a conditional model cannot be scored)."""
+  saying which datasets have one (and that a conditional model cannot be scored).
+
+  ``requested``: asked for by name (``experiments.evaluate --evals=...``): the error then
+  says the run cannot be scored, rather than how to switch the evaluator off in training.
+  """
   ground_truth = getattr(setup.dataset, "ground_truth", None)
   if ground_truth is None:
-    raise EvaluationError(
-        f"Evaluator evals.{name} ({kind}) needs a dataset with ground-truth factors "
-        f"(dsprites, dsprites_procedural); {setup.dataset.name!r} has none. Set "
-        f"--config.evals.{name}.at_end=False.")
+    needs = (f"Evaluator evals.{name} ({kind}) needs a dataset with ground-truth factors "
+             f"(dsprites, dsprites_procedural)")
+    if requested:
+      raise EvaluationError(f"{needs}; this run was trained on {setup.dataset.name!r}, which "
+                            "has none, so it cannot be evaluated on this run.")
+    raise EvaluationError(f"{needs}; {setup.dataset.name!r} has none. Set "
+                          f"--config.evals.{name}.at_end=False.")
   if setup.conditional:
     raise EvaluationError(f"Evaluator evals.{name} ({kind}) encodes observations without "
                           f"labels; model {setup.config.model.name!r} is conditional.")
@@ -278,6 +285,7 @@ def encode_all(stack: Stack, fn: Callable, observations: np.ndarray,
   means, log_vars = [], []
   n = observations.shape[0]
   for start in range(0, n, chunk):
+    stopping.check()
     x = observations[start:start + chunk]
     k = x.shape[0]
     if k < chunk:

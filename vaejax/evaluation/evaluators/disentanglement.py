@@ -56,7 +56,7 @@ class DisentanglementEvaluator(Evaluator):
     except ValueError as error:
       raise EvaluationError(f"Config {where}.metrics: {error}") from None
     if self.enabled:
-      require_ground_truth(setup, name, "disentanglement")
+      require_ground_truth(setup, name, "disentanglement", self.requested)
 
   def settings(self, step: int, m: int) -> dict[str, Any]:
     """What a cached ``disentanglement.json`` must match: the step, the metric settings and

@@ -41,11 +41,13 @@ class UdrEvaluator(Evaluator):
     if self.method not in udr_ranking.METHODS:
       raise EvaluationError(f"Config {where}.method={self.method!r} is not a UDR method; "
                             f"known: {', '.join(udr_ranking.METHODS)}.")
-    self._ground_truth = require_ground_truth(setup, name, "udr") if self.enabled else None
+    self._ground_truth = (require_ground_truth(setup, name, "udr", self.requested)
+                          if self.enabled else None)
     self._fn = make_posterior_fn(setup.model)
 
   def evaluate(self, stack, step):
-    ground_truth = self._ground_truth or require_ground_truth(self.setup, self.name, "udr")
+    ground_truth = self._ground_truth or require_ground_truth(self.setup, self.name, "udr",
+                                                              self.requested)
     _, observations = ground_truth.sample(self.num_points, np.random.default_rng(self.seed))
     means, log_vars = encode_all(stack, self._fn, observations)
     kl = np.mean(0.5 * (means**2 + np.exp(log_vars) - log_vars - 1.0), axis=1)

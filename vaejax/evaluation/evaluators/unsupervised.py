@@ -31,8 +31,8 @@ class UnsupervisedEvaluator(Evaluator):
     super().__init__(name, group, setup, requested)
     self.num_points = config_int(group, "num_points", f"evals.{name}", minimum=2)
     self.seed = config_int(group, "seed", f"evals.{name}", minimum=0)
-    self._ground_truth = (require_ground_truth(setup, name, "unsupervised") if self.enabled
-                          else None)
+    self._ground_truth = (require_ground_truth(setup, name, "unsupervised", self.requested)
+                          if self.enabled else None)
     self._fn = make_posterior_fn(setup.model)
 
   def evaluate(self, stack, step):
@@ -42,7 +42,7 @@ class UnsupervisedEvaluator(Evaluator):
     )
 
     ground_truth = self._ground_truth or require_ground_truth(self.setup, self.name,
-                                                              "unsupervised")
+                                                              "unsupervised", self.requested)
     _, observations = ground_truth.sample(self.num_points, np.random.default_rng(self.seed))
     means, _ = encode_all(stack, self._fn, observations)
     return [unsupervised.unsupervised_scores(codes) for codes in means]
