@@ -8,7 +8,6 @@ numpy log-softmax of the language model's logits.
 """
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import vaejax
 from vaejax import data, models, objectives
 from vaejax.training import checkpoint, faults, loop, writers
 from vaejax.training.interrupt import Interrupted
@@ -28,6 +28,7 @@ from text_fixtures import MarkovChain, write_text_lines
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from experiments import cli  # noqa: E402
 from experiments.configs import textvae  # noqa: E402
 
 CHAIN = MarkovChain.random(num_words=5, end_probability=0.25, max_words=8, seed=0)
@@ -263,6 +264,16 @@ def test_the_single_run_is_the_sweep_model_with_its_values_evaluation_included(
   for name in ("reconstructions", "prior_samples", "homotopies"):
     assert (tmp_path / "figures" / f"{name}.txt").read_text() == (
         workdir / "models" / "m003" / "figures" / f"{name}.txt").read_text()
+  # load_run builds the text model as training did and scores token batches.
+  run = vaejax.load_run(tmp_path)
+  tokens = run.dataset.arrays("test").tokens[:5]
+  mean, _ = run.encode(tokens)
+  assert mean.shape == (5, 4) and run.example_shape == (tokens.shape[1],)
+  assert np.isfinite(run.elbo(tokens, jax.random.key(0))).all()
+  with pytest.raises(ValueError, match="decodes token sequences"):
+    run.decode(mean)
+  with pytest.raises(ValueError, match=r"int token ids in \[0, "):
+    run.encode(tokens.astype(np.float32))
 
 
 def test_a_text_run_stopped_by_sigterm_resumes_exactly(text_sweep, tmp_path, monkeypatch):
@@ -367,14 +378,16 @@ def test_a_text_model_on_images_and_the_text_evaluator_on_them_are_refused(tmp_p
     loop.train_and_evaluate(config, tmp_path / "b", dataset=_images(), progress=False)
 
 
-def test_the_ptb_preset_without_its_files_is_one_line_from_the_command_line(tmp_path):
-  """Through experiments.train: where the files were looked for and where to get them."""
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.train", "--config=experiments/configs/textvae.py:ptb",
-       f"--workdir={tmp_path}/w", f"--config.data.path={tmp_path}"],
-      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-  lines = [line for line in result.stderr.splitlines() if line.strip()]
-  assert result.returncode != 0 and len(lines) == 1, result.stderr
-  assert lines[0].startswith("error: ") and f"{tmp_path}/ptb.train.txt" in lines[0]
-  assert "simple-examples.tgz" in lines[0]
+def test_the_ptb_preset_without_its_files_is_one_input_error_of_one_line(tmp_path,
+                                                                        no_compiling):
+  """Where the files were looked for and where to get them. In process: the command line
+  prints any of its input errors as ``error: `` + this one line (tests/test_configs.py)."""
+  config = textvae.get_config("ptb")
+  config.data.path = str(tmp_path)
+  with pytest.raises(cli.INPUT_ERRORS) as info:
+    loop.train_and_evaluate(config, tmp_path / "w", progress=False)
+  assert isinstance(info.value, FileNotFoundError)
+  line = cli.one_line(info.value)
+  assert line == str(info.value) and f"{tmp_path}/ptb.train.txt" in line
+  assert "simple-examples.tgz" in line
   assert not (tmp_path / "w").exists()
