@@ -41,7 +41,8 @@ def _report_only() -> list:
     if not rows:
       raise FileNotFoundError(f"No results in {workdir / loop.RESULTS_FILE}; run the sweep "
                               "first.")
-    return report.write_report(rows, workdir / loop.REPORT_DIR, loop.load_config(workdir))
+    return report.write_report(rows, workdir / loop.REPORT_DIR, loop.load_config(workdir),
+                               writers.read_jsonl(workdir / writers.METRICS_FILE))
 
 
 def main(argv: list[str]) -> None:

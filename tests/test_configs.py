@@ -20,6 +20,7 @@ from vaejax.sweeps import grid as grid_lib
 from vaejax.sweeps import report
 from vaejax.training import checkpoint, loop
 from vaejax.training.step import hyperparams_from_config, loss_settings_from_config
+from vaejax.types import TOKENS, DataSpec
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for experiments.configs
@@ -57,7 +58,9 @@ def test_every_preset_validates_and_builds_its_model_and_grid(name, preset):
   config_lib.validate(config, model_names=models.MODELS, dataset_names=data.DATASETS)
   hyperparams_from_config(config)  # the loss and optimizer settings are in range
   image_shape = (64, 64, 1) if "dsprites" in config.data.name else (28, 28, 1)
-  model = models.create_model(config.model, image_shape, num_classes=10)
+  spec = (DataSpec.tokens(5_000, 22) if models.MODELS[config.model.name].data_kind == TOKENS
+          else DataSpec.images(image_shape, 10))
+  model = models.create_model(config.model, spec)
   assert model.latent_dim >= 1
   # Its default sweep grid parses and every point is a valid single run.
   points = grid_lib.points(grid_lib.parse_grid(config, config.grid))

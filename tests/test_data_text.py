@@ -200,6 +200,12 @@ def test_file_size_is_checked_before_reading(tmp_path, monkeypatch):
     _load(path)
 
 
-def test_image_only_options_do_not_apply(tmp_path):
-  with pytest.raises(ValueError, match="'binarize' does not apply to dataset 'text_lines'"):
-    data.load({"name": "text_lines", "path": str(_corpus(tmp_path)), "binarize": "static"})
+def test_binarisation_is_refused_and_its_neutral_value_accepted(tmp_path):
+  """One training config can switch data.name: text takes binarize='none' (the schema's
+  default) and refuses a real binarisation."""
+  path = str(_corpus(tmp_path))
+  with pytest.raises(ValueError, match="no pixels to binarise: data.binarize='static'"):
+    data.load({"name": "text_lines", "path": path, "binarize": "static"})
+  assert data.load({"name": "text_lines", "path": path, "binarize": "none"}).spec.kind == "tokens"
+  with pytest.raises(ValueError, match="'binarize_seed' does not apply to dataset 'text_lines'"):
+    data.load({"name": "text_lines", "path": path, "binarize_seed": 3})

@@ -325,3 +325,65 @@ def test_plot_errors():
     report.plot_traversals([], LABEL)
   with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
     report.plot_traversals([("x", "/nonexistent/missing.png")], LABEL)
+
+
+# ----------------------------------------------------------------------------- text sweeps
+
+
+def _text_rows():
+  """A collapse study's rows: two VAE settings and the language model, 2 seeds each."""
+  rows = []
+  for name, warmup, kl, nll in (("lstm_vae", 0, 0.01, 50.0), ("lstm_vae", 100, 3.0, 49.0),
+                                ("lstm_lm", 0, 0.0, 49.5)):
+    for seed in (0, 1):
+      dims = [] if name == "lstm_lm" else [kl / 2, kl / 2]
+      rows.append({
+          "model": len(rows), "point": {"model.name": name, "loss.warmup_steps": warmup,
+                                        "seed": seed},
+          "eval/kl": kl, "eval/recon": -nll - kl + 1, "eval/elbo": -nll - 1, "eval/mi": kl / 2,
+          "eval/active_units": 2 if kl > 1 else 0, "eval/nll": nll + seed,
+          "eval/ppl": 20.0 + seed, "eval/kl_per_dim": dims, "eval/num_samples": 50,
+          "eval/num_sentences": 1311})
+  return rows
+
+
+def test_a_text_sweeps_report_has_its_metrics_kl_over_training_and_sentences(tmp_path):
+  rows = _text_rows()
+  history = [{"model": r["model"], "step": s, "kl": r["eval/kl"] * s / 100}
+             for r in rows for s in (50, 100)] + [{"step": 100, "loss": 1.0}]
+  for m in (0, 2, 4):  # the first seed of each setting wrote its sentences
+    figures = tmp_path / "models" / f"m{m:03d}" / "figures"
+    figures.mkdir(parents=True)
+    (figures / "reconstructions.txt").write_text(f"x: a b c\n→ a b {m}\n\n")
+    (figures / "prior_samples.txt").write_text(
+        "# greedy decodes of z ~ N(0, I)\nthe the\n\n# sampled decodes (temperature 1) of "
+        f"the same z\nsampled {m}\nother {m}\n")
+  config = vae_mnist.get_config("test")
+  paths = report.write_report(rows, tmp_path / "report", config, history)
+  assert "kl_over_training.png" in {p.name for p in paths}
+  markdown = (tmp_path / "report" / "results.md").read_text()
+  head = next(line for line in markdown.splitlines() if line.startswith("| model.name"))
+  assert head.endswith("| ELBO | rate (KL) | distortion | active units | MI | NLL | PPL |")
+  # NLL of lstm_vae with warm-up 100: seeds 49 and 50 → 49.50 ± 0.71 (statistics.stdev).
+  assert f"| 49.50 ± {statistics.stdev([49.0, 50.0]):.2f} |" in markdown
+  assert "K = 50 samples of q(z|x)" in markdown and "all 1311 held-out sentences" in markdown
+  for m in (0, 2, 4):
+    assert f"    → a b {m}" in markdown and f"    sampled {m}" in markdown
+  assert "the the" not in markdown  # the sampled decodes, not the greedy ones
+  figure = report.text_report.plot_kl_over_training(
+      report.aggregate(rows), lambda g: [r["model"] for r in rows
+                                          if r["point"]["loss.warmup_steps"] ==
+                                          g["setting"]["loss.warmup_steps"]
+                                          and r["point"]["model.name"] ==
+                                          g["setting"]["model.name"]],
+      report.text_report.kl_histories(rows, history), LABEL, report.setting_label)
+  lines = figure.axes[0].get_lines()
+  assert len(lines) == 3 and LABEL in figure.axes[0].get_title()
+  np.testing.assert_allclose(lines[1].get_ydata(), [1.5, 3.0])  # mean over seeds per step
+
+
+def test_image_sweeps_get_no_text_section(tmp_path):
+  paths = report.write_report(fabricated_rows(), tmp_path / "report",
+                              betavae_dsprites.get_config("cpu_smoke"), [{"model": 0, "kl": 1}])
+  assert "kl_over_training.png" not in {p.name for p in paths}
+  assert "Sample sentences" not in (tmp_path / "report" / "results.md").read_text()

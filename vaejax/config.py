@@ -90,7 +90,12 @@ def base_config() -> ml_collections.ConfigDict:
       "data_dir": ml_collections.FieldReference(None, field_type=str),  # TFDS data_dir
       # share held out as "test" (mnist_npz; dsprites, where 0 = one split, dlib's protocol)
       "test_fraction": ml_collections.FieldReference(None, field_type=float),
-      "binarize": "none",  # "none" | "static" | "dynamic"
+      "binarize": "none",  # "none" | "static" | "dynamic" (images; text takes "none")
+      # Token-sequence datasets: vocabulary size (specials included) and the least count
+      # of a word (rarer words → <unk>), tokens per sentence incl. <eos> (None: defaults).
+      "max_vocab": ml_collections.FieldReference(None, field_type=int),
+      "min_count": ml_collections.FieldReference(None, field_type=int),
+      "max_length": ml_collections.FieldReference(None, field_type=int),
   })
 
   config.loss = ml_collections.ConfigDict({
@@ -162,6 +167,12 @@ def base_config() -> ml_collections.ConfigDict:
       # Latent arithmetic on dSprites: attribute vectors, measured on decoded sprites.
       "arithmetic": {"type": "arithmetic", "every": 0, "at_end": False, "num_examples": 500,
                      "num_queries": 100, "alpha": 1.0, "seed": 0},
+      # Text models over the whole held-out split: IWAE NLL (K = num_samples, He et al.'s
+      # 500), perplexity, KL, MI, active units; reconstructions, prior samples and
+      # homotopies as .txt (num_sentences of each; 0 = none). Logs eval/* when named "text".
+      "text": {"type": "text", "every": 0, "at_end": False, "num_samples": 500,
+               "chunk_size": 10, "batch_size": 50, "num_sentences": 10,
+               "homotopy_steps": 5, "seed": 0},
   })
 
   config.grid = ()  # the default sweep grid of experiments.sweep, e.g. ("loss.beta=1,4",)

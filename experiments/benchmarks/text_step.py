@@ -11,11 +11,11 @@ prints one JSON line; with ``--framework=compare`` both frameworks run interleav
 by repeat (:func:`experiments.benchmarks.timing.interleaved_rates`) and ``ratio`` is the
 median over repeats of (vaejax tokens/s) / (PyTorch tokens/s).
 
-* vaejax: a jitted step computing :func:`vaejax.objectives.elbo_loss` of the model's
-  outputs and an ``optax.adam`` update (parameters and optimizer state donated). Not
-  the engine's :func:`vaejax.training.step.make_train_step`, which reads
-  ``batch["image"]`` and passes no ``"dropout"`` RNG (stage 2 of issue #20 wires text
-  batches in); that step adds a non-finite guard and metrics to the same computation.
+* vaejax: the engine's train step, :func:`vaejax.training.step.make_train_step` wrapped
+  in :func:`~vaejax.training.step.make_masked_step` with ``lax.cond`` and jit-compiled
+  with the state donated, as the training loop compiles a single run's program (the ELBO
+  of :func:`vaejax.objectives.elbo_loss`, Adam, the non-finite guard, traced
+  hyper-parameters and every logged metric included).
 * PyTorch: :mod:`experiments.benchmarks.torch_text`, same architecture, loss, Adam and
   initial weights (copied from flax), eager, ``torch.set_num_threads(--torch_threads)``.
 
@@ -27,7 +27,6 @@ compute. Word dropout is off (``word_keep`` = 1) on both sides.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -36,13 +35,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from experiments.benchmarks import timing
 from vaejax import data, models, objectives
-from vaejax.types import EOS_ID, DataSpec, example_batch
+from vaejax.training.optimizer import make_optimizer
+from vaejax.training.state import StackState, create_train_state
+from vaejax.training.step import Hyperparams, make_masked_step, make_train_step
+from vaejax.types import EOS_ID, DataSpec
 
 LEARNING_RATE = 1e-3  # Texar's and He et al.'s Adam rate for text VAEs
+MAX_CONSECUTIVE_SKIPS = 10  # the schema's default (the masking's bound)
 
 
 def make_batch(batch_size: int, max_vocab: int, max_length: int | None, seed: int
@@ -66,45 +68,35 @@ def make_batch(batch_size: int, max_vocab: int, max_length: int | None, seed: in
 
 
 class JaxRunner:
-  """The jitted vaejax step (module docstring) on one batch held on the device."""
+  """The engine's step (module docstring) on one batch held on the device."""
 
-  def __init__(self, model_config: dict[str, Any], spec: DataSpec, tokens: np.ndarray,
+  def __init__(self, model_config: dict[str, Any], spec: DataSpec, batch: dict[str, Any],
                seed: int):
     self.model = models.create_model(model_config, spec)
-    init_keys = {"params": jax.random.key(seed), "sample": jax.random.key(seed + 1)}
-    params = self.model.init(init_keys, example_batch(spec)["tokens"])["params"]
-    self.initial_params = jax.device_get(params)
-    optimizer = optax.adam(LEARNING_RATE, b1=0.9, b2=0.999, eps=1e-8)
-    self.state = (params, optimizer.init(params), jnp.zeros((), jnp.int32))
-    self.step = jax.jit(functools.partial(_train_step, self.model, optimizer),
-                        donate_argnums=0)
-    self.tokens = jax.device_put(tokens)
-    self.key = jax.random.key(seed + 2)
-    self.loss_value = None
+    optimizer = make_optimizer()  # Adam's direction; the step applies the rate
+    state = create_train_state(self.model, optimizer, seed, spec)
+    self.initial_params = jax.device_get(state.params)
+    self.state = StackState(models=state, active=jnp.asarray(True),
+                            masked_at=jnp.asarray(-1, jnp.int32))
+    step = make_masked_step(make_train_step(self.model, optimizer), MAX_CONSECUTIVE_SKIPS,
+                            use_cond=True)
+    self.step = jax.jit(step, donate_argnums=0)
+    self.batch = jax.device_put(dict(batch))
+    self.hyper = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32),
+                              Hyperparams(objectives.LossSettings(), LEARNING_RATE, 0))
+    self.metrics = None
 
   def run(self, steps: int) -> None:
     state = self.state
     for _ in range(steps):
-      state, self.loss_value = self.step(state, self.tokens, self.key)
+      state, self.metrics = self.step(state, self.batch, self.hyper)
     self.state = jax.block_until_ready(state)
 
   def loss(self) -> float:
-    return float(self.loss_value)
+    return float(self.metrics["loss"])
 
   def num_params(self) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.initial_params))
-
-
-def _train_step(model, optimizer, state, tokens, key):
-  params, opt_state, step = state
-
-  def loss_fn(p):
-    outputs = model.apply({"params": p}, tokens, rngs={"sample": jax.random.fold_in(key, step)})
-    return objectives.elbo_loss(tokens, outputs)[0]
-
-  loss, grads = jax.value_and_grad(loss_fn)(params)
-  updates, opt_state = optimizer.update(grads, opt_state, params)
-  return (optax.apply_updates(params, updates), opt_state, step + 1), loss
 
 
 class TorchRunner:
@@ -171,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   config = {"name": "lstm_vae", "embedding_size": args.embedding_size,
             "hidden_size": args.hidden_size, "latent_dim": args.latent_dim}
   runners: dict[str, Any] = {}
-  jax_runner = JaxRunner(config, spec, batch["tokens"], args.seed)
+  jax_runner = JaxRunner(config, spec, batch, args.seed)
   if args.framework in ("jax", "compare"):
     runners["jax"] = jax_runner
   if args.framework in ("torch", "compare"):

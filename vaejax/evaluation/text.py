@@ -99,9 +99,27 @@ def mutual_information(mean: ArrayLike, log_var: ArrayLike, z: ArrayLike) -> Arr
                      f"{log_var.shape}, {z.shape}.")
   num = mean.shape[0]
   neg_entropy = jnp.mean(-0.5 * jnp.sum(distributions.LOG_2PI + 1.0 + log_var, axis=-1))
-  pairs = distributions.diag_gaussian_log_prob(z[:, None, :], mean[None], log_var[None])
-  log_qz = jax.nn.logsumexp(jnp.sum(pairs, axis=-1), axis=1) - math.log(num)
+  log_qz = _log_mixture(z, mean, log_var) - math.log(num)
   return neg_entropy - jnp.mean(log_qz)  # d = 0: both terms are 0
+
+
+MI_BLOCK = 256  # rows of z per block of the N × N log-density table (memory ∝ block · N · d)
+
+
+def _log_mixture(z: Array, mean: Array, log_var: Array) -> Array:
+  """log Σ_m q(z_n | x_m) for each row z_n, in blocks of :data:`MI_BLOCK` rows, so a whole
+  test split (N in the thousands) never holds the N × N × d table at once."""
+  num, dim = z.shape
+  if dim == 0:  # every density of no dimensions is 1
+    return jnp.full((num,), math.log(num), jnp.float32)
+  block = min(MI_BLOCK, num)
+  padded = jnp.pad(z, ((0, -num % block), (0, 0))).reshape(-1, block, dim)
+
+  def rows(z_block):
+    pairs = distributions.diag_gaussian_log_prob(z_block[:, None, :], mean[None], log_var[None])
+    return jax.nn.logsumexp(jnp.sum(pairs, axis=-1), axis=1)
+
+  return jax.lax.map(rows, padded).reshape(-1)[:num]
 
 
 def _texts(vocabulary: Any, tokens: ArrayLike) -> list[str]:

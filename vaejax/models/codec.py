@@ -15,7 +15,9 @@ usable inside ``jax.jit`` / ``jax.vmap`` (an evaluator maps them over a stack of
 * :func:`traverse`: decoder means along one latent axis, from each input's posterior mean;
 * :func:`forward`: one reparameterised pass :math:`z \sim q(z \mid x)`, then
   :math:`p(x \mid z)`: the :class:`vaejax.types.VAEOutput` the objectives score;
-* :func:`is_conditional`: whether the model needs labels.
+* :func:`is_conditional`: whether the model needs labels;
+* :func:`data_key`: the batch entry a model reads (``"image"``, or ``"tokens"`` for the
+  token-sequence models of :mod:`vaejax.models.sequence`).
 
 Hierarchical models (``hvae``, ``deep_hvae``) encode to the posterior of every level with
 the upper levels at their posterior means, and decode ``z`` of all levels concatenated
@@ -53,12 +55,23 @@ import jax
 import jax.numpy as jnp
 
 from vaejax import distributions
-from vaejax.types import VAEOutput
+from vaejax.types import IMAGES, TOKENS, VAEOutput
 
 Array = jax.Array
 
-__all__ = ["decode", "decode_mean", "encode", "forward", "is_conditional", "prior_samples",
-           "traverse"]
+__all__ = ["data_key", "decode", "decode_mean", "encode", "forward", "is_conditional",
+           "prior_samples", "traverse"]
+
+
+def data_key(model: Any) -> str:
+  """The batch entry ``model`` reads: ``"tokens"`` for a model that declares
+  ``data_kind = TOKENS`` (the sequence models), else ``"image"``.
+
+  >>> from vaejax import models
+  >>> data_key(models.create_model({"name": "mlp_vae"}, (4, 4, 1)))
+  'image'
+  """
+  return "tokens" if getattr(model, "data_kind", IMAGES) == TOKENS else "image"
 
 
 def is_conditional(model: Any) -> bool:

@@ -202,6 +202,8 @@ class SequenceVAE(nn.Module):
   for word dropout (training).
   """
 
+  data_kind = TOKENS  # not a field: what codec.data_key reads (the batch's "tokens")
+
   vocab_size: int
   max_length: int
   latent_dim: int = 32

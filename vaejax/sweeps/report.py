@@ -17,6 +17,9 @@ models are counted and left out of the means.
   do with dimension j of another).
 * With one swept key besides ``seed``, ``metrics_vs_<key>.png`` plots every headline
   number against it (seeds as dots, mean ± std bars).
+* Text models (rows with the ``text`` evaluator's ``eval/ppl``): NLL, perplexity and MI
+  join the table, and :mod:`vaejax.sweeps.text_report` adds the KL over training of every
+  setting (``kl_over_training.png``) and sample sentences.
 
 Every output carries the budget label (steps, batch, learning rate, seeds; for the
 dSprites disentanglement study whether it is disentanglement_lib's budget).
@@ -41,6 +44,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from vaejax.figures import grids
+from vaejax.sweeps import text_report
 from vaejax.utils import files
 
 Figure = matplotlib.figure.Figure
@@ -56,6 +60,9 @@ HEADLINE = (
     ("distortion", "eval/recon", "recon", -1.0, 1),
     ("active units", "eval/active_units", None, 1.0, 1),
     ("IWAE NLL", "…/iwae_nll", None, 1.0, 2),
+    ("MI", "eval/mi", None, 1.0, 2),  # the text evaluator's (sequence models)
+    ("NLL", "eval/nll", None, 1.0, 2),
+    ("PPL", "eval/ppl", None, 1.0, 2),
     ("BetaVAE", "…/beta_vae/eval_accuracy", None, 1.0, 2),
     ("FactorVAE", "…/factor_vae/eval_accuracy", None, 1.0, 2),
     ("MIG", "…/mig/discrete_mig", None, 1.0, 2),
@@ -411,19 +418,29 @@ def published_markdown(keys: Sequence[str], config: Any) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _members(rows: Sequence[Mapping[str, Any]], keys: Sequence[str],
+             group: Mapping[str, Any]) -> list[int]:
+  """The models of a setting of :func:`aggregate` (in row order)."""
+  return [int(r["model"]) for r in rows
+          if _setting(r, keys) == tuple(group["setting"].values())]
+
+
 def write_report(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
-                 config: Any) -> list[Path]:
+                 config: Any, history: Sequence[Mapping[str, Any]] = ()) -> list[Path]:
   """Writes the report of a sweep's ``rows`` to ``out_dir``; returns the paths written.
 
   ``results.md`` and ``results.csv`` (mean ± std per setting), ``runs.csv`` (one row per
   model), ``summary.json``, ``rate_distortion.png``, ``kl_per_dim.png`` (when rows have
   KL per dimension), ``metrics_vs_<key>.png`` (one swept key besides seed) and
-  ``traversals.png`` (the first seed of each setting, when the models wrote traversals).
+  ``traversals.png`` (the first seed of each setting, when the models wrote traversals);
+  for text models ``kl_over_training.png`` and sample sentences in ``results.md``
+  (:mod:`vaejax.sweeps.text_report`).
 
   Args:
     rows: ``results.jsonl`` rows.
     out_dir: the report directory.
     config: the sweep's training config (for the budget label).
+    history: the sweep's logged rows (``metrics.jsonl``), for curves over training.
   """
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -436,6 +453,12 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
   markdown = (f"# Sweep over {', '.join(keys) or 'seeds'}\n\n"
               + table_markdown(groups, label, expected) + "\n"
               + published_markdown(keys, config))
+  root = out_dir.parent
+  is_text = text_report.is_text(rows)
+  if is_text:
+    markdown += "\n" + text_report.nll_note(rows, config.data.name) + "\n" + (
+        text_report.samples_markdown(groups, lambda g: next(iter(_members(rows, keys, g)),
+                                                            None), root, setting_label))
   texts = {"results.md": markdown, "results.csv": table_csv(groups, label),
            "runs.csv": runs_csv(rows, label),
            "summary.json": json.dumps({"label": label, "settings": groups}, indent=1) + "\n"}
@@ -451,7 +474,11 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
     name = keys[0].split(".")[-1]
     written.append(grids.save_figure(plot_metrics(rows, keys[0], label),
                                      out_dir / f"metrics_vs_{name}.png"))
-  root = out_dir.parent
+  if is_text:
+    curves = text_report.kl_histories(rows, history)
+    written.append(grids.save_figure(text_report.plot_kl_over_training(
+        groups, lambda g: _members(rows, keys, g), curves, label, setting_label),
+        out_dir / "kl_over_training.png"))
   images = []
   for g in groups:
     first = next((r for r in rows if _setting(r, keys) == tuple(g["setting"].values())), None)

@@ -247,7 +247,8 @@ def _write_sweep_results(run: Plan, rows: list[dict[str, Any]], write_report: bo
     if not write_report:
       return []
     from vaejax.sweeps import report  # pylint: disable=g-import-not-at-top
-    paths = report.write_report(final, run.workdir / REPORT_DIR, run.config)
+    paths = report.write_report(final, run.workdir / REPORT_DIR, run.config,
+                                writers_lib.read_jsonl(run.workdir / writers_lib.METRICS_FILE))
   except StopRequested as stop:  # every model is trained, evaluated and checkpointed
     raise StopRequested(stop.signum, "the sweep's results.jsonl and report") from None
   logging.info("Sweep report: %s", ", ".join(str(p) for p in paths))

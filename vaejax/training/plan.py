@@ -34,6 +34,7 @@ from vaejax.training import writers as writers_lib
 from vaejax.training.executor import resolve_chunk_size
 from vaejax.training.optimizer import optimizer_from_config
 from vaejax.training.state import abstract_stack
+from vaejax.types import TOKENS, DataSpec
 
 MODELS_DIR = "models"
 Point = dict[str, Any]
@@ -62,15 +63,15 @@ def model_traits(model: Any) -> ModelTraits:
 
 
 def build_model(config: Any, dataset: Any) -> tuple[Any, ModelTraits]:
-  """The model ``config`` trains on ``dataset`` (built from what the dataset describes: its
-  example shape and classes) and its traits: planning a run and :func:`vaejax.load_run`
-  both build a run's model here.
+  """The model ``config`` trains on ``dataset`` (built from what the dataset describes,
+  :func:`data_spec`: an image shape and classes, or a vocabulary and length) and its
+  traits: planning a run and :func:`vaejax.load_run` both build a run's model here.
 
   Raises:
     ConfigError: a conditional model on a dataset without labels.
+    ValueError: an image model on token sequences or the reverse, or a bad model setting.
   """
-  model = models_lib.create_model(config.model, tuple(dataset.image_shape),
-                                  dataset.num_classes)
+  model = models_lib.create_model(config.model, data_spec(dataset))
   traits = model_traits(model)
   if traits.conditional and dataset.num_classes is None:
     raise config_lib.ConfigError(f"Model {config.model.name!r} is conditional but dataset "
@@ -107,9 +108,9 @@ class GroupPlan(NamedTuple):
     return self.directory / checkpoint_lib.CHECKPOINT_DIR
 
   @property
-  def image_shape(self) -> tuple[int, ...]:
-    """The shape of one example (what the models are initialised on)."""
-    return tuple(self.dataset.image_shape)
+  def spec(self) -> DataSpec:
+    """What the dataset's batches hold (what the models are built and initialised on)."""
+    return data_spec(self.dataset)
 
 
 class Plan(NamedTuple):
@@ -132,6 +133,13 @@ class Plan(NamedTuple):
   def group_label(self, group: GroupPlan) -> str:
     """``"group 2/3"`` when the run has several groups, else ``""``."""
     return f"group {group.index + 1}/{len(self.groups)}" if len(self.groups) > 1 else ""
+
+
+def data_spec(dataset: Any) -> DataSpec:
+  """``dataset.spec``; for a dataset object without one, images of its ``image_shape``."""
+  spec = getattr(dataset, "spec", None)
+  return spec if spec is not None else DataSpec.images(dataset.image_shape,
+                                                       dataset.num_classes)
 
 
 def model_dir(workdir: Path, model: int, stacked: bool) -> Path:
@@ -281,6 +289,7 @@ def _plan_group(group: grid_lib.Group, run_points: _Points, workdir: Path, direc
   """Builds and checks one group: model, data, hyper-parameters, placement, evaluators."""
   config = run_points.configs[group.models[0]]
   ds = dataset if dataset is not None else _load_dataset(config, datasets)
+  spec = data_spec(ds)
   try:
     model, traits = build_model(config, ds)
   except config_lib.ConfigError:
@@ -294,6 +303,8 @@ def _plan_group(group: grid_lib.Group, run_points: _Points, workdir: Path, direc
       objectives.validate_importance_settings(
           run_points.hypers[i].loss, *importance,
           has_learned_prior=traits.latent_groups is not None)
+      if spec.kind == TOKENS:
+        _check_sequence_settings(config, run_points.configs[i], importance, traits)
     except ValueError as error:
       raise (_point_error(run_points.points[i], error) if run_points.stacked else error
              ) from None
@@ -301,8 +312,7 @@ def _plan_group(group: grid_lib.Group, run_points: _Points, workdir: Path, direc
   mesh, chunk_size = _placement(config, len(group.models), len(run_points.points))
   optimizer = optimizer_from_config(config)
   budget = memory.memory_budget(budget_bytes=config.execution.memory_budget_gb * 2**30)
-  abstract = abstract_stack(model, optimizer, 1, tuple(ds.image_shape),
-                            conditional=traits.conditional)
+  abstract = abstract_stack(model, optimizer, 1, spec, conditional=traits.conditional)
   memory.check_memory(num_models=len(group.models), bytes_per_model=memory.tree_bytes(abstract),
                       parallel_bytes=0, budget=budget,
                       model_devices=mesh_lib.axis_size(mesh, mesh_lib.MODEL_AXIS))
@@ -336,6 +346,21 @@ def _free_bits_groups(config: Any, traits: ModelTraits) -> tuple[int, ...] | Non
   return groups
 
 
+def _check_sequence_settings(config: Any, point_config: Any, importance: step_lib.Importance,
+                             traits: ModelTraits) -> None:
+  """What a token-sequence model cannot train with: DReG (its decoder is teacher-forced on
+  the sentence, which ``decode(z)`` alone does not have) and, without a latent (the
+  language model), β-TC."""
+  if importance.estimator == "dreg":
+    raise config_lib.ConfigError(
+        f"Config loss.estimator='dreg' does not apply to model {config.model.name!r}: its "
+        "decoder is teacher-forced on the sentence; use loss.estimator='plain'.")
+  if grid_lib.tc_enabled(point_config) and not traits.latent_dim:
+    raise config_lib.ConfigError(
+        f"Config loss.tc_beta={point_config.loss.tc_beta!r} needs a latent; model "
+        f"{config.model.name!r} has none (set loss.tc_beta=1).")
+
+
 def _check_first_batch(dataset: Any, config: Any, conditional: bool) -> None:
   if dataset.jax_sampler("train") is not None:
     return
@@ -345,6 +370,13 @@ def _check_first_batch(dataset: Any, config: Any, conditional: bool) -> None:
         f"Config batch_size={config.batch_size} exceeds the {total} training examples of "
         f"{dataset.name}; set --config.batch_size to at most {total}.")
   batch = dataset.get_batch("train", 0, min(2, config.batch_size), config.seed)
+  spec = data_spec(dataset)
+  if spec.kind == TOKENS:
+    tokens = np.asarray(batch["tokens"])
+    if tokens.shape[1:] != (spec.max_length,) or not np.issubdtype(tokens.dtype, np.integer):
+      raise ValueError(f"Batch tokens are {tokens.dtype} of shape {tokens.shape}; expected "
+                       f"int32 (B, {spec.max_length}).")
+    return
   image = np.asarray(batch["image"])
   if image.shape[1:] != tuple(dataset.image_shape):
     raise ValueError(f"Batch images have shape {image.shape}; expected (B, "

@@ -62,7 +62,7 @@ def restore_or_init(group: GroupPlan, saved_config: Mapping[str, Any], *,
     LayoutMismatch: it holds another train-state layout.
   """
   if group.resume_step is not None:
-    target = restore_target(group.model, group.optimizer, len(group.models), group.image_shape,
+    target = restore_target(group.model, group.optimizer, len(group.models), group.spec,
                             conditional=group.traits.conditional)
     restored = checkpoint_lib.restore_latest(group.checkpoint_dir, target)
     if restored is not None:
@@ -74,7 +74,7 @@ def restore_or_init(group: GroupPlan, saved_config: Mapping[str, Any], *,
                    finished=step >= group.config.num_steps)
   if not init:
     return None
-  state = init_stack(group.model, group.optimizer, group.seeds, group.image_shape,
+  state = init_stack(group.model, group.optimizer, group.seeds, group.spec,
                      conditional=group.traits.conditional)
   return Start(state, 0, 0, finished=False)
 

@@ -12,6 +12,11 @@ dSprites) draw the batch of step *t* with the key ``Dataset.get_batch("train", t
 uses (:func:`make_batch_fn`). A resumed run therefore repeats an uninterrupted one bit for
 bit.
 
+Token-sequence models (:mod:`vaejax.models.sequence`) train on ``batch["tokens"]`` and
+get a ``"dropout"`` RNG next to ``"sample"``, ``fold_in(sample key, WORD_DROPOUT)``, so
+word dropout (``model.word_keep`` < 1) runs in training only; image models are called
+exactly as before (their batch's ``"image"``, the ``"sample"`` RNG alone).
+
 A non-finite loss or gradient skips the update: parameters and optimizer state are kept
 by a ``jnp.where`` guard, and the skip is counted in the state. :func:`make_masked_step`
 freezes a model whose skips run on for too long (it *diverged*).
@@ -31,6 +36,7 @@ import optax
 
 from vaejax import distributions, objectives
 from vaejax.data import base as data_base
+from vaejax.models import codec
 from vaejax.training.optimizer import learning_rate_at
 from vaejax.training.state import StackState
 
@@ -54,6 +60,15 @@ class Hyperparams(NamedTuple):
 
 
 StepFn = Callable[[Any, Batch | None, Hyperparams], tuple[Any, dict[str, Array]]]
+WORD_DROPOUT = 1  # folded into a sample key: the key of a token model's word dropout
+
+
+def training_rngs(model: flax.linen.Module, sample_key: Array) -> dict[str, Array]:
+  """The RNGs of a training forward pass drawing with ``sample_key``: ``"sample"``, and for
+  token-sequence models ``"dropout"`` (word dropout) folded from it."""
+  if codec.data_key(model) == "tokens":
+    return {"sample": sample_key, "dropout": jax.random.fold_in(sample_key, WORD_DROPOUT)}
+  return {"sample": sample_key}
 
 
 class Importance(NamedTuple):
@@ -126,6 +141,8 @@ def make_train_step(
     total_correlation: compute the β-TC term (O(B²d)); when False the step ignores
       ``hyper.loss.tc_beta`` and treats it as 1 (plain KL).
     conditional: pass ``batch["label"]`` to the model (conditional VAE).
+      The model's data (``batch["image"]`` or, for token-sequence models,
+      ``batch["tokens"]``) is :func:`vaejax.models.codec.data_key`'s.
     importance: K > 1 (or M > 1) trains on the importance-weighted bound of
       :func:`vaejax.objectives.iwae_loss` instead of the ELBO (its per-example ``iwae``
       bound and ``ess`` are logged too).
@@ -164,12 +181,13 @@ def _make_train_step(
   """:func:`make_train_step` with hashable arguments (cached)."""
   floor = float(getattr(model, "posterior_min_variance", 0.0) or 0.0)
   levels = getattr(model, "latent_groups", None)
+  data_key = codec.data_key(model)
 
   def step_fn(state, batch: Batch, hyper: Hyperparams):
     settings = hyper.loss
     if not total_correlation:
       settings = settings._replace(tc_beta=1.0)  # a Python 1.0 switches β-TC off statically
-    x = batch["image"]
+    x = batch[data_key]
     labels = batch["label"] if conditional else None
     loss_fn = _loss_fn(model, x, labels, settings, state.step,
                        jax.random.fold_in(state.key, state.step), importance,
@@ -211,7 +229,7 @@ def _loss_fn(model: flax.linen.Module, x: Array, labels: Array | None,
 
   def loss_fn(params):
     def sample_outputs(key):
-      return model.apply({"params": params}, x, labels, rngs={"sample": key})
+      return model.apply({"params": params}, x, labels, rngs=training_rngs(model, key))
 
     if importance.num_samples == 1 and importance.num_groups == 1:
       outputs = sample_outputs(sample_key)

@@ -155,8 +155,8 @@ class GroupSteps:
 
   def _collapse_monitor(self) -> CollapseMonitor | None:
     monitor = self.config.monitor
-    if not monitor.collapse_patience:
-      return None
+    if not monitor.collapse_patience or self.group.traits.latent_dim == 0:
+      return None  # off, or a model without a latent (a language model: KL = 0 always)
     previous = [r for r in writers_lib.read_jsonl(self.run.workdir / writers_lib.METRICS_FILE)
                 if self.owns(r) and r.get("step", 0) <= self.position]
     labels = [grid_lib.point_label(self.run.points[m]) if self.run.stacked else ""

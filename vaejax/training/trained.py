@@ -16,10 +16,13 @@ functions of :mod:`vaejax.models.codec` and of this module, whose cache is keyed
 * :meth:`Run.iwae`: :math:`\log \hat p_K(x)` per example,
   :func:`vaejax.evaluation.likelihood.iwae_log_likelihood`, as the ``iwae`` evaluator.
 
-Another model family (a text VAE whose examples are token sequences) plugs in where the
-inputs are checked, :meth:`Run._inputs` (what one example looks like); the methods
-themselves only pass arrays to the model, and only :meth:`Run.traverse` and the figures
-assume decoded examples are images.
+A text run (``lstm_vae``, ``lstm_lm``: examples are token sequences, ``(B, T)`` int ids
+of the run's vocabulary, as the dataset's ``tokens`` batches) loads the same way;
+:meth:`Run._inputs` checks what one example looks like. :meth:`Run.encode`,
+:meth:`~Run.elbo` and :meth:`~Run.iwae` take token batches; the methods that decode to
+images (:meth:`~Run.decode`, :meth:`~Run.reconstruct`, :meth:`~Run.sample`,
+:meth:`~Run.traverse`) refuse a text run (its decoding is
+:mod:`vaejax.evaluation.text`'s, on ``run.model`` and ``run.params``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from vaejax.evaluation import likelihood
 from vaejax.evaluation.evaluators import held_out_batches
 from vaejax.models import codec
 from vaejax.sweeps.grid import point_label
-from vaejax.training.plan import build_model
+from vaejax.training.plan import build_model, data_spec
+from vaejax.types import TOKENS
 from vaejax.utils.checks import check_int, check_number
 
 __all__ = ["Decoded", "Posterior", "Run"]
@@ -133,8 +137,15 @@ class Run:
 
   @property
   def example_shape(self) -> tuple[int, ...]:
-    """The shape of one example (the model is built for it)."""
-    return tuple(self.dataset.image_shape)
+    """The shape of one example (the model is built for it): ``(H, W, C)``, or ``(T,)``
+    token ids for a text run."""
+    spec = data_spec(self.dataset)
+    return (spec.max_length,) if spec.kind == TOKENS else tuple(spec.image_shape)
+
+  @property
+  def is_text(self) -> bool:
+    """Whether the run's examples are token sequences."""
+    return data_spec(self.dataset).kind == TOKENS
 
   @property
   def latent_dim(self) -> int:
@@ -168,6 +179,7 @@ class Run:
 
   def decode(self, z: Any, labels: Any = None) -> Decoded:
     """:math:`p(x \\mid z[, y])` of codes ``z`` ``(B, d)``: its parameters and its mean."""
+    self._images_only("decode")
     z = self._codes(z)
     labels = self._labels(labels, z.shape[0])
     likelihood_params = codec.decode(self.model, self._device_params, z, labels)
@@ -176,6 +188,7 @@ class Run:
 
   def reconstruct(self, x: Any, labels: Any = None) -> np.ndarray:
     """The decoder mean at the posterior mean, ``(B, ...)`` like ``x``."""
+    self._images_only("reconstruct")
     x, labels = self._inputs(x, labels)
     mean, _ = codec.encode(self.model, self._device_params, x, labels)
     return np.asarray(codec.decode_mean(self.model, self._device_params, mean, labels))
@@ -185,6 +198,7 @@ class Run:
     """Decoder means of ``num`` draws from the prior, ``(num, ...)``: ancestral for a
     hierarchical model, every level's prior scale times ``temperature`` (z = T·ε for a
     flat one); ``labels`` ``(num,)`` for a conditional model."""
+    self._images_only("sample")
     num = check_int(num, "num", minimum=1)
     temperature = check_number(temperature, "temperature", minimum=0.0)
     labels = self._labels(labels, num)
@@ -213,6 +227,7 @@ class Run:
   def traverse(self, x: Any, dim: int, values: Any, labels: Any = None) -> np.ndarray:
     """Decoder means along latent axis ``dim``: ``(B, V, ...)``, input b's posterior mean
     with coordinate ``dim`` set to each of ``values`` (V,)."""
+    self._images_only("traverse")
     dim = check_int(dim, f"dim (a latent axis of {self.latent_dim})", minimum=0,
                     maximum=self.latent_dim - 1)
     values = np.asarray(values, np.float32)
@@ -223,8 +238,16 @@ class Run:
 
   # --------------------------------------------------------------------------- input checks
 
+  def _images_only(self, method: str) -> None:
+    if self.is_text:
+      raise ValueError(f"Run.{method} decodes images; model {self.config.model.name!r} "
+                       "decodes token sequences (vaejax.evaluation.text: reconstructions, "
+                       "prior_samples, homotopy on run.model and run.params).")
+
   def _inputs(self, x: Any, labels: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """A batch of examples (and labels), checked: what one example looks like lives here."""
+    if self.is_text:
+      return self._tokens(x), self._labels(labels, np.shape(x)[0])
     x = np.asarray(x, np.float32)
     shape = self.example_shape
     if x.ndim != len(shape) + 1 or x.shape[1:] != shape or x.shape[0] == 0:
@@ -233,6 +256,17 @@ class Run:
     if not np.isfinite(x).all():
       raise ValueError("x has non-finite values (NaN or inf).")
     return x, self._labels(labels, x.shape[0])
+
+  def _tokens(self, x: Any) -> np.ndarray:
+    """A batch of token sequences: ``(B, T)`` int ids of the run's vocabulary."""
+    x = np.asarray(x)
+    length, vocab = self.example_shape[0], data_spec(self.dataset).vocab_size
+    if (x.ndim != 2 or x.shape[1] != length or x.shape[0] == 0
+        or not np.issubdtype(x.dtype, np.integer) or x.min() < 0 or x.max() >= vocab):
+      raise ValueError(f"x has shape {x.shape} and dtype {x.dtype}; model "
+                       f"{self.config.model.name!r} takes a batch (B >= 1, {length}) of int "
+                       f"token ids in [0, {vocab}) (the dataset's batch['tokens']).")
+    return x.astype(np.int32)
 
   def _labels(self, labels: Any, batch: int) -> np.ndarray | None:
     name = self.config.model.name
@@ -264,7 +298,8 @@ def _check_params_fit(model: Any, params: Any, example_shape: tuple[int, ...],
                       source: Path) -> None:
   """Refuses parameters whose arrays differ from what ``model`` initialises (traced, not
   compiled): a config.json or dataset other than the ones the run was trained with."""
-  x = jax.ShapeDtypeStruct((1, *example_shape), np.float32)
+  dtype = np.int32 if codec.data_key(model) == "tokens" else np.float32
+  x = jax.ShapeDtypeStruct((1, *example_shape), dtype)
   labels = jax.ShapeDtypeStruct((1,), np.int32) if codec.is_conditional(model) else None
   key = jax.random.key(0)
   built = jax.eval_shape(lambda x, y: model.init({"params": key, "sample": key}, x, y),

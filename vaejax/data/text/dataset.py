@@ -13,6 +13,9 @@ sentences are dropped (their number is logged and kept in ``dropped_train``); a 
 held-out (valid or test) sentence is an error naming its line, since evaluating on a
 subset or on cut sentences would change the numbers reported. None = the longest
 sentence of any split.
+
+``binarize`` is the image datasets' key, accepted so one training config can switch
+``data.name``: text takes only its neutral value ``"none"``.
 """
 
 from __future__ import annotations
@@ -169,6 +172,12 @@ def _read_split(path: Path, tokenize: Callable[[str], list[str]], how: str) -> S
   return Sentences(str(path.resolve()), [(n, tokenize(t)) for n, t in lines], blank)
 
 
+def _check_binarize(name: str, binarize: str) -> None:
+  if binarize != "none":
+    raise ValueError(f"Dataset {name!r} holds token sequences, which have no pixels to "
+                     f"binarise: data.binarize={binarize!r} must be 'none'.")
+
+
 def _directory(path: str | None, name: str, how: str) -> Path:
   if path is None:
     raise ValueError(f"Dataset {name!r} needs data.path. {how}")
@@ -180,8 +189,9 @@ def _directory(path: str | None, name: str, how: str) -> Path:
 
 @registry.register("text_lines")
 def text_lines(*, path: str | None = None, max_vocab: int | None = None, min_count: int = 1,
-               max_length: int | None = None) -> TextDataset:
+               max_length: int | None = None, binarize: str = "none") -> TextDataset:
   """``DIR/{train,valid,test}.txt``, one sentence per line, whitespace tokens."""
+  _check_binarize("text_lines", binarize)
   directory = _directory(path, "text_lines", LINES_HOW)
   splits = {s: _read_split(directory / f"{s}.txt", corpus.whitespace_tokens, LINES_HOW)
             for s in SPLITS}
@@ -191,8 +201,9 @@ def text_lines(*, path: str | None = None, max_vocab: int | None = None, min_cou
 
 @registry.register("ptb")
 def ptb(*, path: str | None = None, max_vocab: int | None = None, min_count: int = 1,
-        max_length: int | None = None) -> TextDataset:
+        max_length: int | None = None, binarize: str = "none") -> TextDataset:
   """Mikolov's Penn Treebank: ``DIR/ptb.{train,valid,test}.txt`` (not shipped)."""
+  _check_binarize("ptb", binarize)
   directory = _directory(path, "ptb", PTB_HOW)
   splits = {s: _read_split(directory / f"ptb.{s}.txt", corpus.whitespace_tokens, PTB_HOW)
             for s in SPLITS}
@@ -202,8 +213,10 @@ def ptb(*, path: str | None = None, max_vocab: int | None = None, min_count: int
 
 @registry.register("tiny_shakespeare")
 def tiny_shakespeare(*, path: str | None = None, max_vocab: int | None = None,
-                     min_count: int = 1, max_length: int | None = None) -> TextDataset:
+                     min_count: int = 1, max_length: int | None = None,
+                     binarize: str = "none") -> TextDataset:
   """The spoken lines of Tiny Shakespeare, split by line number (:mod:`.corpus`)."""
+  _check_binarize("tiny_shakespeare", binarize)
   file = Path(path) if path is not None else shared_data_dir() / SHAKESPEARE_FILENAME
   if file.is_dir():
     file = file / SHAKESPEARE_FILENAME

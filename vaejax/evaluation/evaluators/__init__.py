@@ -10,8 +10,8 @@ A training config's ``evals`` group names evaluators (big_vision's pattern)::
 model's files go). An evaluator is called with a :class:`Stack` (the models' parameters,
 and ``map_models`` to run a function on all of them, vmapped where the executor vmaps)
 and returns one dict of results per model, which the loop logs (keys prefixed with the
-evaluator's name; the evaluator named ``elbo`` logs ``eval/*``). Built-in types, one
-module each:
+evaluator's name; the evaluators named ``elbo`` and ``text`` log ``eval/*``). Built-in
+types, one module each:
 
 * ``elbo``: held-out ELBO, reconstruction, KL (and per dimension), bits/dim, active units;
 * ``iwae``: importance-weighted NLL (K samples), the ELBO gap, collapse report
@@ -25,7 +25,10 @@ module each:
 * ``udr``: Unsupervised Disentanglement Ranking, a sweep-level score comparing each model
   with the other seeds of its setting;
 * ``arithmetic``: latent arithmetic on dSprites, measured on the decoded sprites
-  (``arithmetic.json``).
+  (``arithmetic.json``);
+* ``text``: sequence models on a whole held-out split: IWAE NLL, perplexity, KL, mutual
+  information, active units (``text.json``) and reconstructions, prior samples and
+  homotopies as ``figures/*.txt``.
 
 :mod:`~vaejax.evaluation.evaluators.base` holds what they share (the :class:`Evaluator`
 base class, :class:`Setup`, :class:`Stack` / :class:`StackView`, the held-out data,
@@ -84,13 +87,15 @@ from vaejax.evaluation.evaluators.iwae import (
     make_iwae_fn,
 )
 from vaejax.evaluation.evaluators.registry import EVALUATORS, lookup, register
+from vaejax.evaluation.evaluators.text import TextEvaluator
 from vaejax.evaluation.evaluators.udr import UdrEvaluator
 from vaejax.evaluation.evaluators.unsupervised import UnsupervisedEvaluator
 
 __all__ = [
     "EVALUATORS", "ArithmeticEvaluator", "Array", "Batch", "DisentanglementEvaluator",
     "ElboEvaluator", "EvaluationError", "Evaluator", "FiguresEvaluator", "IwaeEvaluator",
-    "Setup", "Stack", "StackView", "UdrEvaluator", "UnsupervisedEvaluator", "build",
+    "Setup", "Stack", "StackView", "TextEvaluator", "UdrEvaluator", "UnsupervisedEvaluator",
+    "build",
     "check_held_out", "encode_all", "evaluate_elbo", "format_likelihood_table",
     "held_out_batches", "held_out_split", "make_elbo_fn", "make_iwae_fn",
     "make_posterior_fn", "register", "summarize_elbo",

@@ -39,6 +39,11 @@ __all__ = [
 ]
 
 
+# Evaluators under these names log the run's held-out numbers as ``eval/*``: the image
+# models' ELBO terms, and the sequence models' NLL, perplexity and the rest.
+EVAL_NAMES = ("elbo", "text")
+
+
 class EvaluationError(ValueError):
   """An evaluator that cannot run with this model or data (raised before compiling)."""
 
@@ -133,7 +138,10 @@ class Setup(NamedTuple):
     return codec.is_conditional(self.model)
 
   @property
-  def num_dims(self) -> int:
+  def num_dims(self) -> int | None:
+    """Data dimensions per example (bits/dim); None for token data (no fixed size)."""
+    if getattr(self.dataset, "image_shape", None) is None:
+      return None
     return int(np.prod(self.dataset.image_shape))
 
 
@@ -188,7 +196,7 @@ class Evaluator:
     self.at_end = bool(group["at_end"])
     self.setup = setup
     self.requested = requested
-    self.prefix = "eval/" if name == "elbo" else f"{name}/"
+    self.prefix = "eval/" if name in EVAL_NAMES else f"{name}/"
 
   @property
   def enabled(self) -> bool:

@@ -28,6 +28,7 @@ from vaejax.evaluation.evaluators.base import (
 )
 from vaejax.evaluation.evaluators.elbo import evaluate_elbo, make_elbo_fn
 from vaejax.evaluation.evaluators.registry import register
+from vaejax.models import codec
 
 
 @register("figures")
@@ -50,6 +51,12 @@ class FiguresEvaluator(Evaluator):
     self.gif_frames = config_int(group, "gif_frames", where, minimum=0)
     if self.gif_frames == 1:
       raise EvaluationError(f"Config {where}.gif_frames=1 must be 0 (no GIFs) or >= 2.")
+    if self.enabled and codec.data_key(setup.model) != "image":
+      raise EvaluationError(
+          f"Evaluator {where} (figures) draws images; model {setup.config.model.name!r} "
+          f"models token sequences. Its text outputs (reconstructions, prior samples, "
+          f"homotopies) come from the text evaluator: set --config.{where}.at_end=False "
+          f"and --config.evals.text.at_end=True.")
     self._elbo_fn = make_elbo_fn(setup.model, setup.conditional)
 
   def evaluate(self, stack, step):

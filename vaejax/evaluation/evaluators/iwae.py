@@ -3,7 +3,9 @@ r"""The ``iwae`` evaluator: importance-weighted NLL of every model (``likelihood
 :math:`\log \hat p_K(x) = \operatorname{logsumexp}_k \log w_k - \log K` with K =
 ``num_samples`` (:func:`vaejax.evaluation.likelihood.iwae_log_likelihood`, chunked over
 samples so K = 5000 fits), the ELBO, their gap, bits/dim, active units, KL per dimension
-and the collapse report (per level for hierarchical models).
+and the collapse report (per level for hierarchical models). Sequence models read their
+batches' ``"tokens"`` and have no bits/dim (the ``text`` evaluator is theirs: the whole
+split, perplexity, MI).
 """
 
 from __future__ import annotations
@@ -75,10 +77,11 @@ class IwaeEvaluator(Evaluator):
 
   def _batches(self) -> list[tuple[Array, Array | None]]:
     out, seen = [], 0
+    data_key = codec.data_key(self.setup.model)
     for batch in self.setup.held_out():
       if self.max_examples and seen >= self.max_examples:
         break
-      x = np.asarray(batch["image"])
+      x = np.asarray(batch[data_key])
       labels = np.asarray(batch["label"]) if self.setup.conditional else None
       if self.max_examples and seen + x.shape[0] > self.max_examples:
         keep = self.max_examples - seen
@@ -113,6 +116,9 @@ class IwaeEvaluator(Evaluator):
     elbo_nll = -float(np.mean(cat["elbo"]))
     kl_per_dim = np.mean(cat["kl_per_dim"], axis=0)
     n = cat["iwae"].shape[0]
+    bits = {} if setup.num_dims is None else {
+        "iwae_bits_per_dim": float(objectives.bits_per_dim(iwae_nll, setup.num_dims)),
+        "elbo_bits_per_dim": float(objectives.bits_per_dim(elbo_nll, setup.num_dims))}
     return {
         "model": setup.config.model.name,
         "dataset": setup.config.data.name,
@@ -124,8 +130,7 @@ class IwaeEvaluator(Evaluator):
                            else math.nan,
         "elbo_nll": elbo_nll,
         "gap": elbo_nll - iwae_nll,
-        "iwae_bits_per_dim": float(objectives.bits_per_dim(iwae_nll, setup.num_dims)),
-        "elbo_bits_per_dim": float(objectives.bits_per_dim(elbo_nll, setup.num_dims)),
+        **bits,
         "active_units": int(likelihood.active_units(cat["mean"])),
         "latent_dim": int(cat["mean"].shape[1]),
         "kl": float(kl_per_dim.sum()),
@@ -145,7 +150,8 @@ def format_likelihood_table(results: Mapping[str, Any]) -> str:
       (f"NLL, IWAE K={k} (nats)", f"{results['iwae_nll']:.2f} ± {results['iwae_nll_stderr']:.2f}"),
       ("NLL, −ELBO (nats)", f"{results['elbo_nll']:.2f}"),
       ("ELBO − IWAE gap (nats)", f"{results['gap']:.2f}"),
-      ("bits/dim (IWAE)", f"{results['iwae_bits_per_dim']:.4f}"),
+      ("bits/dim (IWAE)", f"{results['iwae_bits_per_dim']:.4f}"
+                          if "iwae_bits_per_dim" in results else "—"),
       ("KL (nats)", f"{results['kl']:.2f}"),
       ("active units", f"{results['active_units']} / {results['latent_dim']}"),
       ("collapsed dims (< 0.01 nats)", str(results["collapse"]["num_collapsed"])),
