@@ -33,14 +33,10 @@ import platform
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from experiments.benchmarks import timing
-from vaejax import data, models, objectives
-from vaejax.training.optimizer import make_optimizer
-from vaejax.training.state import StackState, create_train_state
-from vaejax.training.step import Hyperparams, make_masked_step, make_train_step
+from experiments.benchmarks import timing, train_step
+from vaejax import data, models
 from vaejax.types import EOS_ID, DataSpec
 
 LEARNING_RATE = 1e-3  # Texar's and He et al.'s Adam rate for text VAEs
@@ -67,36 +63,12 @@ def make_batch(batch_size: int, max_vocab: int, max_length: int | None, seed: in
   return dataset.get_batch("train", 0, batch_size, seed), dataset.spec, "tiny_shakespeare"
 
 
-class JaxRunner:
-  """The engine's step (module docstring) on one batch held on the device."""
+class JaxRunner(train_step.JaxRunner):
+  """The engine's step (module docstring) on one token batch held on the device."""
 
   def __init__(self, model_config: dict[str, Any], spec: DataSpec, batch: dict[str, Any],
                seed: int):
-    self.model = models.create_model(model_config, spec)
-    optimizer = make_optimizer()  # Adam's direction; the step applies the rate
-    state = create_train_state(self.model, optimizer, seed, spec)
-    self.initial_params = jax.device_get(state.params)
-    self.state = StackState(models=state, active=jnp.asarray(True),
-                            masked_at=jnp.asarray(-1, jnp.int32))
-    step = make_masked_step(make_train_step(self.model, optimizer), MAX_CONSECUTIVE_SKIPS,
-                            use_cond=True)
-    self.step = jax.jit(step, donate_argnums=0)
-    self.batch = jax.device_put(dict(batch))
-    self.hyper = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32),
-                              Hyperparams(objectives.LossSettings(), LEARNING_RATE, 0))
-    self.metrics = None
-
-  def run(self, steps: int) -> None:
-    state = self.state
-    for _ in range(steps):
-      state, self.metrics = self.step(state, self.batch, self.hyper)
-    self.state = jax.block_until_ready(state)
-
-  def loss(self) -> float:
-    return float(self.metrics["loss"])
-
-  def num_params(self) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.initial_params))
+    self._compile(models.create_model(model_config, spec), spec, batch, seed)
 
 
 class TorchRunner:

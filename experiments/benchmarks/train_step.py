@@ -84,17 +84,22 @@ class JaxRunner:
 
   def __init__(self, model_name: str, images: np.ndarray, seed: int, conv_impl: str = "fast",
                dtype: str = "float32"):
-    self.model = models.create_model(
+    model = models.create_model(
         {"name": model_name, "conv_impl": conv_impl, "dtype": dtype}, images.shape[1:])
+    self._compile(model, images.shape[1:], {"image": images}, seed)
+
+  def _compile(self, model, spec, batch: dict[str, Any], seed: int) -> None:
+    """Initialises ``model`` for ``spec`` and jits its step on ``batch`` (held on the device)."""
+    self.model = model
     optimizer = make_optimizer()  # Adam's direction; the step applies the rate
-    state = create_train_state(self.model, optimizer, seed, images.shape[1:])
+    state = create_train_state(self.model, optimizer, seed, spec)
     self.initial_params = jax.device_get(state.params)
     self.state = StackState(models=state, active=jnp.asarray(True),
                             masked_at=jnp.asarray(-1, jnp.int32))
     step = make_masked_step(make_train_step(self.model, optimizer), MAX_CONSECUTIVE_SKIPS,
                             use_cond=True)
     self.step = jax.jit(step, donate_argnums=0)
-    self.batch = {"image": jax.device_put(images)}
+    self.batch = jax.device_put(dict(batch))
     self.hyper = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32),
                               Hyperparams(objectives.LossSettings(), LEARNING_RATE, 0))
     self.metrics = None
