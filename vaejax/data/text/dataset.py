@@ -187,28 +187,31 @@ def _directory(path: str | None, name: str, how: str) -> Path:
   return directory
 
 
+def _line_files(name: str, pattern: str, how: str, path: str | None, max_vocab: int | None,
+                min_count: int, max_length: int | None, binarize: str) -> TextDataset:
+  """A dataset of one-sentence-per-line files ``DIR/pattern.format(split)``."""
+  _check_binarize(name, binarize)
+  directory = _directory(path, name, how)
+  splits = {s: _read_split(directory / pattern.format(s), corpus.whitespace_tokens, how)
+            for s in SPLITS}
+  return TextDataset(name, splits, max_vocab=max_vocab, min_count=min_count,
+                     max_length=max_length)
+
+
 @registry.register("text_lines")
 def text_lines(*, path: str | None = None, max_vocab: int | None = None, min_count: int = 1,
                max_length: int | None = None, binarize: str = "none") -> TextDataset:
   """``DIR/{train,valid,test}.txt``, one sentence per line, whitespace tokens."""
-  _check_binarize("text_lines", binarize)
-  directory = _directory(path, "text_lines", LINES_HOW)
-  splits = {s: _read_split(directory / f"{s}.txt", corpus.whitespace_tokens, LINES_HOW)
-            for s in SPLITS}
-  return TextDataset("text_lines", splits, max_vocab=max_vocab, min_count=min_count,
-                     max_length=max_length)
+  return _line_files("text_lines", "{}.txt", LINES_HOW, path, max_vocab, min_count,
+                     max_length, binarize)
 
 
 @registry.register("ptb")
 def ptb(*, path: str | None = None, max_vocab: int | None = None, min_count: int = 1,
         max_length: int | None = None, binarize: str = "none") -> TextDataset:
   """Mikolov's Penn Treebank: ``DIR/ptb.{train,valid,test}.txt`` (not shipped)."""
-  _check_binarize("ptb", binarize)
-  directory = _directory(path, "ptb", PTB_HOW)
-  splits = {s: _read_split(directory / f"ptb.{s}.txt", corpus.whitespace_tokens, PTB_HOW)
-            for s in SPLITS}
-  return TextDataset("ptb", splits, max_vocab=max_vocab, min_count=min_count,
-                     max_length=max_length)
+  return _line_files("ptb", "ptb.{}.txt", PTB_HOW, path, max_vocab, min_count, max_length,
+                     binarize)
 
 
 @registry.register("tiny_shakespeare")
