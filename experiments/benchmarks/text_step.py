@@ -66,6 +66,8 @@ def make_batch(batch_size: int, max_vocab: int, max_length: int | None, seed: in
 class JaxRunner(train_step.JaxRunner):
   """The engine's step (module docstring) on one token batch held on the device."""
 
+  learning_rate = LEARNING_RATE
+
   def __init__(self, model_config: dict[str, Any], spec: DataSpec, batch: dict[str, Any],
                seed: int):
     self._compile(models.create_model(model_config, spec), spec, batch, seed)

@@ -82,6 +82,8 @@ class JaxRunner:
   diverged model), its state donated, the hyper-parameters traced float32 numbers.
   """
 
+  learning_rate = LEARNING_RATE  # Adam's rate of the timed step (a subclass may set its own)
+
   def __init__(self, model_name: str, images: np.ndarray, seed: int, conv_impl: str = "fast",
                dtype: str = "float32"):
     model = models.create_model(
@@ -101,7 +103,7 @@ class JaxRunner:
     self.step = jax.jit(step, donate_argnums=0)
     self.batch = jax.device_put(dict(batch))
     self.hyper = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32),
-                              Hyperparams(objectives.LossSettings(), LEARNING_RATE, 0))
+                              Hyperparams(objectives.LossSettings(), self.learning_rate, 0))
     self.metrics = None
 
   def run(self, steps: int) -> None:
