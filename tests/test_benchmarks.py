@@ -130,6 +130,7 @@ def test_harness_compare_mode_reports_side_by_side_ratio(harness_run):
   assert losses["jax"] == pytest.approx(losses["torch"], rel=0.05)
 
 
+@pytest.mark.slow  # a subprocess with its own JAX start
 def test_harness_runs_without_ml_collections_and_torch():
   """An accelerator host may have only jax, flax, optax, chex, orbax and absl.
 

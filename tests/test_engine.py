@@ -233,6 +233,7 @@ def test_conditional_sweep_equals_independent_runs(tmp_path):
     check(rows, reference_run(config, point, dataset), exact=True)
 
 
+@pytest.mark.slow  # ~35 s: the hierarchical model's compiles; the VAE sweeps above run by default
 def test_hierarchical_free_bits_sweep_equals_independent_runs(tmp_path):
   """Per-level free bits (the model's latent groups) on batches sampled in the program.
 

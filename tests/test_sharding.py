@@ -127,6 +127,10 @@ def main() -> None:
   print("RESULT " + json.dumps(out))
 
 
+# The subprocess (its own JAX start and compiles, ~30 s) runs with the slow tests.
+needs_eight_devices = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def eight_devices():
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}",
@@ -138,22 +142,26 @@ def eight_devices():
   return json.loads(lines[-1][len("RESULT "):])
 
 
+@needs_eight_devices
 def test_subprocess_has_eight_devices(eight_devices):
   assert eight_devices["devices"] == DEVICES
 
 
+@needs_eight_devices
 def test_models_are_split_over_the_model_axis(eight_devices):
   case = eight_devices["model_axis"]
   assert case == {"state": ["P('model',)"], "devices": 4, "batch": "P('model', 'data')",
                   "per_device_models": 1}
 
 
+@needs_eight_devices
 def test_single_model_programs_replicate_state_and_split_the_batch(eight_devices):
   case = eight_devices["data_axis_sequential"]
   assert case == {"state": ["P()"], "devices": 2, "batch": "P('data',)",
                   "per_device_models": 1}
 
 
+@needs_eight_devices
 def test_sharded_loop_checkpoints_and_matches_one_device(eight_devices):
   # Model and data axes (2 × 2): splitting a batch over devices reorders the sums of its
   # gradient (an all-reduce), so the numbers match one device up to rounding.
@@ -162,6 +170,7 @@ def test_sharded_loop_checkpoints_and_matches_one_device(eight_devices):
   assert run["params"] < 1e-5 and run["loss"] < 1e-3 and run["eval_elbo"] < 1e-3
 
 
+@needs_eight_devices
 @pytest.mark.parametrize("name, fragment", [
     ("too_many_devices", "needs 16 devices; only 8 are available"),
     ("models", "does not divide the 3 models"),

@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "num_params": runners[subject].num_params(), "data": source,
       "scored_tokens_per_batch": scored, "repeats": args.repeats,
       "steps_per_repeat": args.steps, "cpu_count": os.cpu_count(),
+      # Adam's rate of the timed JAX step (the PyTorch twin's is LEARNING_RATE)
+      "learning_rate": float(jax_runner.hyper.learning_rate),
       "load_average_1min": round(os.getloadavg()[0], 2),
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax_version": jax.__version__,
   }
