@@ -85,137 +85,137 @@ def base_config() -> ml_collections.ConfigDict:
 def _model_group() -> ml_collections.ConfigDict:
   """The model: a registry name and its keys (:func:`vaejax.models.create_model`)."""
   return ml_collections.ConfigDict({
-    "name": "mlp_vae",
-    "latent_dim": 10,
-    "hidden_sizes": (512, 256),
-    "likelihood": "bernoulli",  # "bernoulli" | "gaussian" | "gaussian_learned"
-    "likelihood_variance": 1.0,  # "gaussian" only
-    "min_variance": None,  # "gaussian_learned" only: optional variance floor
-    "posterior_min_variance": 0.0,  # smooth floor under q(z|x)'s variances; 0 = off
-    "conv_impl": "fast",  # "fast" | "textbook" (conv_vae)
-    "dtype": "float32",  # computation dtype; params stay float32
+      "name": "mlp_vae",
+      "latent_dim": 10,
+      "hidden_sizes": (512, 256),
+      "likelihood": "bernoulli",  # "bernoulli" | "gaussian" | "gaussian_learned"
+      "likelihood_variance": 1.0,  # "gaussian" only
+      "min_variance": None,  # "gaussian_learned" only: optional variance floor
+      "posterior_min_variance": 0.0,  # smooth floor under q(z|x)'s variances; 0 = off
+      "conv_impl": "fast",  # "fast" | "textbook" (conv_vae)
+      "dtype": "float32",  # computation dtype; params stay float32
   })
 
 
 def _data_group() -> ml_collections.ConfigDict:
   """The dataset: a registry name and its reader's keys (:func:`vaejax.data.load`)."""
   return ml_collections.ConfigDict({
-    "name": "dsprites_procedural",
-    # None = unset (the dataset's default). FieldReferences so the command line can
-    # set a string where the default is None.
-    "path": ml_collections.FieldReference(None, field_type=str),  # file-backed datasets
-    "data_dir": ml_collections.FieldReference(None, field_type=str),  # TFDS data_dir
-    # share held out as "test" (mnist_npz; dsprites, where 0 = one split, dlib's protocol)
-    "test_fraction": ml_collections.FieldReference(None, field_type=float),
-    "binarize": "none",  # "none" | "static" | "dynamic" (images; text takes "none")
-    # Token-sequence datasets: vocabulary size (specials included) and the least count
-    # of a word (rarer words → <unk>), tokens per sentence incl. <eos> (None: defaults).
-    "max_vocab": ml_collections.FieldReference(None, field_type=int),
-    "min_count": ml_collections.FieldReference(None, field_type=int),
-    "max_length": ml_collections.FieldReference(None, field_type=int),
+      "name": "dsprites_procedural",
+      # None = unset (the dataset's default). FieldReferences so the command line can
+      # set a string where the default is None.
+      "path": ml_collections.FieldReference(None, field_type=str),  # file-backed datasets
+      "data_dir": ml_collections.FieldReference(None, field_type=str),  # TFDS data_dir
+      # share held out as "test" (mnist_npz; dsprites, where 0 = one split, dlib's protocol)
+      "test_fraction": ml_collections.FieldReference(None, field_type=float),
+      "binarize": "none",  # "none" | "static" | "dynamic" (images; text takes "none")
+      # Token-sequence datasets: vocabulary size (specials included) and the least count
+      # of a word (rarer words → <unk>), tokens per sentence incl. <eos> (None: defaults).
+      "max_vocab": ml_collections.FieldReference(None, field_type=int),
+      "min_count": ml_collections.FieldReference(None, field_type=int),
+      "max_length": ml_collections.FieldReference(None, field_type=int),
   })
 
 
 def _loss_group() -> ml_collections.ConfigDict:
   """The objective: :class:`vaejax.objectives.LossSettings` fields plus ``free_bits_groups``."""
   return ml_collections.ConfigDict({
-    "beta": 1.0,
-    "free_bits": 0.0,
-    "warmup_steps": 0,
-    "cycle_steps": 0,
-    "capacity_gamma": 0.0,
-    "capacity_max": 0.0,
-    "capacity_steps": 0,
-    "tc_beta": 1.0,
-    "dataset_size": 0,
-    "warmup_start": 0.0,  # KL weight at the start of the warm-up, in [0, 1] (Texar: 0.1)
-    # Free-bits group id per latent dimension (e.g. per stochastic layer); None = the
-    # model's own groups (hierarchical: its levels), else one group per dimension.
-    "free_bits_groups": ml_collections.FieldReference(None, field_type=tuple),
-    # Importance-weighted training (IWAE/MIWAE): K samples per example (1 = the ELBO
-    # with closed-form KL), the gradient estimator ("plain" | "dreg"), M groups.
-    "num_importance_samples": 1,
-    "estimator": "plain",
-    "num_groups": 1,
+      "beta": 1.0,
+      "free_bits": 0.0,
+      "warmup_steps": 0,
+      "cycle_steps": 0,
+      "capacity_gamma": 0.0,
+      "capacity_max": 0.0,
+      "capacity_steps": 0,
+      "tc_beta": 1.0,
+      "dataset_size": 0,
+      "warmup_start": 0.0,  # KL weight at the start of the warm-up, in [0, 1] (Texar: 0.1)
+      # Free-bits group id per latent dimension (e.g. per stochastic layer); None = the
+      # model's own groups (hierarchical: its levels), else one group per dimension.
+      "free_bits_groups": ml_collections.FieldReference(None, field_type=tuple),
+      # Importance-weighted training (IWAE/MIWAE): K samples per example (1 = the ELBO
+      # with closed-form KL), the gradient estimator ("plain" | "dreg"), M groups.
+      "num_importance_samples": 1,
+      "estimator": "plain",
+      "num_groups": 1,
   })
 
 
 def _optimizer_group() -> ml_collections.ConfigDict:
   """Adam's moments, learning-rate warm-up, clipping and skipping of bad updates."""
   return ml_collections.ConfigDict({
-    "b1": 0.9,
-    "b2": 0.999,
-    "eps": 1e-8,
-    "warmup_steps": 0,  # linear learning-rate warm-up from 0 (a per-model number)
-    "grad_clip_norm": 0.0,  # global-norm clipping; 0 = off
-    "skip_threshold": 0.0,  # skip updates whose gradient norm exceeds it (VDVAE); 0 = off
-    "max_consecutive_skips": 10,  # non-finite updates in a row before a model stops
+      "b1": 0.9,
+      "b2": 0.999,
+      "eps": 1e-8,
+      "warmup_steps": 0,  # linear learning-rate warm-up from 0 (a per-model number)
+      "grad_clip_norm": 0.0,  # global-norm clipping; 0 = off
+      "skip_threshold": 0.0,  # skip updates whose gradient norm exceeds it (VDVAE); 0 = off
+      "max_consecutive_skips": 10,  # non-finite updates in a row before a model stops
   })
 
 
 def _monitor_group() -> ml_collections.ConfigDict:
   """The posterior-collapse warning."""
   return ml_collections.ConfigDict({
-    # A warning (and "posterior_collapse": true in the rows) when the KL of every example
-    # of the batch stays below collapse_kl nats for collapse_patience logged steps.
-    "collapse_kl": 0.01,
-    "collapse_patience": 5,  # 0 = off
+      # A warning (and "posterior_collapse": true in the rows) when the KL of every example
+      # of the batch stays below collapse_kl nats for collapse_patience logged steps.
+      "collapse_kl": 0.01,
+      "collapse_patience": 5,  # 0 = off
   })
 
 
 def _eval_group() -> ml_collections.ConfigDict:
   """The held-out data every evaluator reads."""
   return ml_collections.ConfigDict({
-    "split": "",  # "" = "test", else "validation"; procedural data: its own key stream
-    "batch_size": 256,
-    "num_batches": 10,  # 0 = every full batch of a finite split
+      "split": "",  # "" = "test", else "validation"; procedural data: its own key stream
+      "batch_size": 256,
+      "num_batches": 10,  # 0 = every full batch of a finite split
   })
 
 
 def _evals_group() -> ml_collections.ConfigDict:
   """The evaluators: one group each (``type``, ``every``, ``at_end`` and its own keys)."""
   return ml_collections.ConfigDict({
-    # Held-out ELBO terms, bits/dim and active units (Burda et al.) of every model.
-    "elbo": {"type": "elbo", "every": 1000, "at_end": True},
-    # Importance-weighted NLL (IWAE bound, K samples); usually run by experiments.evaluate.
-    "iwae": {"type": "iwae", "every": 0, "at_end": False, "num_samples": 1000,
-             "chunk_size": 100, "max_examples": 0, "seed": 0},  # max_examples 0 = all
-    # The six disentanglement metrics on the encoder mean (ground-truth datasets);
-    # preset "dlib" = disentanglement_lib's sample counts, "cpu" = reduced counts.
-    "disentanglement": {"type": "disentanglement", "every": 0, "at_end": False,
-                        "preset": "dlib", "seed": 0, "metrics": ()},  # () = all six
-    # Reconstructions, samples, traversals, interpolation, KL per dimension, animated
-    # traversals (gif_frames per cycle; 0 = none) and, with labels, latent arithmetic.
-    "figures": {"type": "figures", "every": 0, "at_end": True, "num_images": 8,
-                "traversal_steps": 9, "traversal_range": 2.5, "max_traversal_dims": 10,
-                "gif_frames": 20},
-    # disentanglement_lib's unsupervised scores on the encoder mean (no labels used):
-    # Gaussian total correlation, Wasserstein correlation, mean pairwise MI.
-    "unsupervised": {"type": "unsupervised", "every": 0, "at_end": False,
-                     "num_points": 10_000, "seed": 0},
-    # UDR (Duan et al. 2020): agreement of the models of one setting (other seeds).
-    "udr": {"type": "udr", "every": 0, "at_end": False, "num_points": 1000,
-            "method": "lasso", "seed": 0},
-    # Latent arithmetic on dSprites: attribute vectors, measured on decoded sprites.
-    "arithmetic": {"type": "arithmetic", "every": 0, "at_end": False, "num_examples": 500,
-                   "num_queries": 100, "alpha": 1.0, "seed": 0},
-    # Text models over the whole held-out split: IWAE NLL (K = num_samples, He et al.'s
-    # 500), perplexity, KL, MI, active units; reconstructions, prior samples and
-    # homotopies as .txt (num_sentences of each; 0 = none). Logs eval/* when named "text".
-    "text": {"type": "text", "every": 0, "at_end": False, "num_samples": 500,
-             "chunk_size": 10, "batch_size": 50, "num_sentences": 10,
-             "homotopy_steps": 5, "seed": 0},
+      # Held-out ELBO terms, bits/dim and active units (Burda et al.) of every model.
+      "elbo": {"type": "elbo", "every": 1000, "at_end": True},
+      # Importance-weighted NLL (IWAE bound, K samples); usually run by experiments.evaluate.
+      "iwae": {"type": "iwae", "every": 0, "at_end": False, "num_samples": 1000,
+               "chunk_size": 100, "max_examples": 0, "seed": 0},  # max_examples 0 = all
+      # The six disentanglement metrics on the encoder mean (ground-truth datasets);
+      # preset "dlib" = disentanglement_lib's sample counts, "cpu" = reduced counts.
+      "disentanglement": {"type": "disentanglement", "every": 0, "at_end": False,
+                          "preset": "dlib", "seed": 0, "metrics": ()},  # () = all six
+      # Reconstructions, samples, traversals, interpolation, KL per dimension, animated
+      # traversals (gif_frames per cycle; 0 = none) and, with labels, latent arithmetic.
+      "figures": {"type": "figures", "every": 0, "at_end": True, "num_images": 8,
+                  "traversal_steps": 9, "traversal_range": 2.5, "max_traversal_dims": 10,
+                  "gif_frames": 20},
+      # disentanglement_lib's unsupervised scores on the encoder mean (no labels used):
+      # Gaussian total correlation, Wasserstein correlation, mean pairwise MI.
+      "unsupervised": {"type": "unsupervised", "every": 0, "at_end": False,
+                       "num_points": 10_000, "seed": 0},
+      # UDR (Duan et al. 2020): agreement of the models of one setting (other seeds).
+      "udr": {"type": "udr", "every": 0, "at_end": False, "num_points": 1000,
+              "method": "lasso", "seed": 0},
+      # Latent arithmetic on dSprites: attribute vectors, measured on decoded sprites.
+      "arithmetic": {"type": "arithmetic", "every": 0, "at_end": False, "num_examples": 500,
+                     "num_queries": 100, "alpha": 1.0, "seed": 0},
+      # Text models over the whole held-out split: IWAE NLL (K = num_samples, He et al.'s
+      # 500), perplexity, KL, MI, active units; reconstructions, prior samples and
+      # homotopies as .txt (num_sentences of each; 0 = none). Logs eval/* when named "text".
+      "text": {"type": "text", "every": 0, "at_end": False, "num_samples": 500,
+               "chunk_size": 10, "batch_size": 50, "num_sentences": 10,
+               "homotopy_steps": 5, "seed": 0},
   })
 
 
 def _execution_group() -> ml_collections.ConfigDict:
   """How a stack of models runs: strategy, chunking, device mesh, memory."""
   return ml_collections.ConfigDict({
-    "strategy": "auto",  # "auto" | "vmap" | "sequential" | "chunked"
-    "chunk_size": 0,  # models per program for "chunked"
-    "model_devices": 1,  # mesh: devices along the model axis (0 = all)
-    "data_devices": 1,  # mesh: devices along the data axis (0 = all)
-    "memory_budget_gb": 0.0,  # 0 = the device's free memory (CPU: 80% of available RAM)
+      "strategy": "auto",  # "auto" | "vmap" | "sequential" | "chunked"
+      "chunk_size": 0,  # models per program for "chunked"
+      "model_devices": 1,  # mesh: devices along the model axis (0 = all)
+      "data_devices": 1,  # mesh: devices along the data axis (0 = all)
+      "memory_budget_gb": 0.0,  # 0 = the device's free memory (CPU: 80% of available RAM)
   })
 
 
